@@ -78,7 +78,7 @@ def student_name(index: int) -> str:
 def network_names(num_students: int, ensemble: bool = True) -> list[str]:
     """``["teacher", "student_0", ..., "student_{K-1}"]`` plus ``"ensemble"`` when ``ensemble`` is true."""
     names = [TEACHER] + [student_name(k) for k in range(num_students)]
-    return names + [ENSEMBLE] if ensemble else names
+    return [*names, ENSEMBLE] if ensemble else names
 
 
 def pred_key(network: str) -> str:

@@ -1,0 +1,15 @@
+"""Ignite handlers: warm-up schedules, the non-finite-loss guard, per-epoch seeding and named output transforms."""
+
+from monai_kdml.handlers.guards import NonFiniteLossError, NonFiniteLossGuard
+from monai_kdml.handlers.outputs import loss_terms
+from monai_kdml.handlers.schedules import AttributeSetter, WarmupHandler
+from monai_kdml.handlers.seeding import EpochSeedHandler
+
+__all__ = [
+    "AttributeSetter",
+    "EpochSeedHandler",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "WarmupHandler",
+    "loss_terms",
+]

@@ -1,0 +1,364 @@
+"""``KDMLTrainer``: one teacher and K students trained on the same batches, in the same iterations."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from monai.engines import Trainer, Workflow
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import Transform
+from monai.utils import CommonKeys
+from torch import nn
+from torch.optim import Optimizer
+from torch.utils.data import DataLoader
+
+from monai_kdml.keys import TEACHER, Mode, TeacherMode, loss_key, student_name, term_key
+from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine, EventEnum
+    from ignite.metrics import Metric
+
+__all__ = ["KDMLTrainer", "load_teacher_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+class KDMLTrainer(Trainer):
+    """Online knowledge distillation + peer mutual learning (Niyaz & Bathula, ISBI 2022) as a MONAI trainer.
+
+    Each iteration (see ``docs/architecture.md``):
+
+    1. prepare the batch once (it serves every network);
+    2. forward the teacher and each student (``FORWARD_COMPLETED``);
+    3. compute the loss dict: teacher = supervised; student k = supervised + KD to the detached teacher + ML to the
+       detached peers, as ``mode`` selects (``LOSS_COMPLETED``);
+    4. one backward of the sum (equal to K+1 separate ones because every cross-network target is detached)
+       (``BACKWARD_COMPLETED``);
+    5. step each trainable network's optimizer (``MODEL_COMPLETED``, where MONAI decollates, post-processes and
+       computes metrics).
+
+    ``engine.state.output`` holds ``image``, ``label``, ``pred`` (the student ensemble's logits), ``pred_teacher``,
+    ``pred_student_<k>``, ``loss`` (the backpropagated total), ``loss_teacher``, ``loss_student_<k>`` and every term
+    of the loss dict as ``<term>_<network>`` (e.g. ``kd_student_0``). Arguments not listed below follow
+    :class:`monai.engines.SupervisedTrainer` in name and meaning.
+
+    Args:
+        teacher: the teacher network.
+        students: ``K >= 1`` student networks (distinct modules; outputs of the teacher's shape).
+        student_optimizers: one optimizer per student, in the same order, each over its own student only.
+        loss_function: :class:`monai_kdml.losses.KDMLLoss` or any module with its call contract
+            ``(student_preds, teacher_pred, target, *, use_kd, use_ml) -> {"loss", "students", "teacher"}``
+            (e.g. the detection loss in :mod:`monai_kdml.detection`).
+        teacher_optimizer: the teacher's optimizer; required when ``teacher_mode="online"``, absent when frozen.
+        mode: ``"independent"``, ``"kd"``, ``"ml"`` or ``"kdml"`` (see :class:`monai_kdml.keys.Mode`).
+        teacher_mode: ``"online"`` (trained in the same iterations) or ``"frozen"`` (pre-trained, eval mode, never
+            updated; needs ``teacher_checkpoint``).
+        teacher_checkpoint: weights loaded into the teacher at construction (see :func:`load_teacher_weights`).
+        combine: fuses the students' predictions into ``pred``; default: mean class probability
+            (:func:`monai_kdml.networks.combine_student_logits`).
+
+    Raises:
+        ValueError: at construction, for no students, an unknown ``mode``/``teacher_mode``, mutual learning with one
+            student, a missing teacher optimizer or checkpoint, or students/optimizers that do not pair up.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | DataLoader,
+        teacher: nn.Module,
+        students: Sequence[nn.Module],
+        student_optimizers: Sequence[Optimizer],
+        loss_function: Callable[..., dict],
+        teacher_optimizer: Optimizer | None = None,
+        mode: Mode | str = Mode.KDML,
+        teacher_mode: TeacherMode | str = TeacherMode.ONLINE,
+        teacher_checkpoint: str | Path | None = None,
+        combine: Callable[[list], Any] | None = None,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        iteration_update: Callable[[Engine, Any], Any] | None = None,
+        inferer: Inferer | None = None,
+        postprocessing: Transform | None = None,
+        key_train_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        train_handlers: Sequence | None = None,
+        amp: bool = False,
+        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = True,
+        optim_set_to_none: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+        compile: bool = False,
+        compile_kwargs: dict | None = None,
+    ) -> None:
+        self.mode = Mode.parse(mode, "mode")
+        self.teacher_mode = TeacherMode.parse(teacher_mode, "teacher_mode")
+        _check_networks(teacher, students, student_optimizers, teacher_optimizer, self.mode, self.teacher_mode)
+        if self.teacher_mode == TeacherMode.FROZEN:
+            if teacher_checkpoint is None:
+                raise ValueError(
+                    "`teacher_checkpoint`: a frozen teacher needs pre-trained weights; give the checkpoint path "
+                    "or use teacher_mode='online'."
+                )
+            load_teacher_weights(teacher, teacher_checkpoint)
+            teacher.requires_grad_(False)
+        elif teacher_checkpoint is not None:
+            load_teacher_weights(teacher, teacher_checkpoint)  # online teacher warm-started from a checkpoint
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=amp,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        if compile:
+            kwargs = compile_kwargs or {}
+            teacher = torch.compile(teacher, **kwargs)  # type: ignore[assignment]
+            students = [torch.compile(s, **kwargs) for s in students]  # type: ignore[misc]
+        self.teacher = teacher
+        self.students = list(students)
+        self.teacher_optimizer = teacher_optimizer if self.teacher_mode == TeacherMode.ONLINE else None
+        self.student_optimizers = list(student_optimizers)
+        self.loss_function = loss_function
+        self.combine = combine_student_logits if combine is None else combine
+        self.inferer = SimpleInferer() if inferer is None else inferer
+        self.optim_set_to_none = optim_set_to_none
+        self.compile = compile
+        # one autocast/scaler path for every device: both are no-ops unless AMP runs on CUDA
+        self.use_amp = bool(amp) and self.state.device is not None and self.state.device.type == "cuda"
+        if amp and not self.use_amp:
+            logger.info("amp=True has no effect on device %s: training in float32.", self.state.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self._shapes_checked = False
+
+        from monai_kdml.handlers.guards import NonFiniteLossGuard  # local: handlers import engines' keys
+
+        NonFiniteLossGuard().attach(self)
+
+    @property
+    def trainable_optimizers(self) -> list[Optimizer]:
+        """The optimizers stepped each iteration: the online teacher's (if any), then each student's."""
+        return ([self.teacher_optimizer] if self.teacher_optimizer is not None else []) + self.student_optimizers
+
+    def run(self) -> None:  # type: ignore[override]
+        # skip Trainer.run, which would replace the (resumable) grad scaler with a fresh one on every call
+        Workflow.run(self)
+
+    def _iteration(self, engine: KDMLTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        """One iteration for every network; returns ``engine.state.output`` (keys in the class docstring)."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        # 1. one batch serves every network
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
+        net_inputs = inputs.as_tensor() if engine.compile and hasattr(inputs, "as_tensor") else inputs
+        engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
+        online = engine.teacher_optimizer is not None
+        for optimizer in engine.trainable_optimizers:
+            optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+
+        with torch.autocast(engine.state.device.type, enabled=engine.use_amp, **engine.amp_kwargs):
+            # 2. one forward per network
+            engine.teacher.train(online)
+            with torch.set_grad_enabled(online):
+                teacher_pred = engine.inferer(net_inputs, engine.teacher, *args, **kwargs)
+            student_preds = []
+            for student in engine.students:
+                student.train()
+                student_preds.append(engine.inferer(net_inputs, student, *args, **kwargs))
+            if not engine._shapes_checked:
+                _check_output_shapes(teacher_pred, student_preds)
+                engine._shapes_checked = True
+            engine.state.output.update(_pred_entries(teacher_pred, student_preds))
+            with torch.no_grad():
+                engine.state.output[CommonKeys.PRED] = engine.combine([_detach(p) for p in student_preds])
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+
+            # 3. the loss dict; the total is what one backward needs
+            terms = engine.loss_function(
+                student_preds, teacher_pred, targets, use_kd=engine.mode.uses_kd, use_ml=engine.mode.uses_ml
+            )
+            total = terms["loss"] + terms["teacher"]["loss"] if online and "teacher" in terms else terms["loss"]
+            engine.state.output[CommonKeys.LOSS] = total
+            engine.state.output.update(_loss_entries(terms))
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        # 4. one backward: targets of KD/ML are detached, so each network gets exactly its own objective's gradient
+        engine.scaler.scale(total).backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+
+        # 5. step every trainable network
+        for optimizer in engine.trainable_optimizers:
+            engine.scaler.step(optimizer)
+        engine.scaler.update()
+        engine.state.output[CommonKeys.LOSS] = total.detach()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+    def state_dict(self) -> dict:
+        """Ignite's engine state (iteration, epoch, ...) plus the AMP grad scaler, so a resumed run is exact."""
+        state = dict(super().state_dict())
+        state["grad_scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        state = dict(state_dict)
+        scaler_state = state.pop("grad_scaler", None)
+        super().load_state_dict(state)
+        if scaler_state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(scaler_state)
+
+
+def load_teacher_weights(teacher: nn.Module, checkpoint: str | Path) -> None:
+    """Load pre-trained teacher weights.
+
+    Accepts a plain ``state_dict`` of the teacher or a checkpoint dict holding it under ``"teacher"`` (what
+    monai-kdml's bundles save), ``"model"``, ``"network"`` or ``"state_dict"``.
+
+    Args:
+        teacher: the network to fill (its plain module is used if it is wrapped).
+        checkpoint: path of a ``torch.save`` file.
+
+    Raises:
+        FileNotFoundError: no file at ``checkpoint``.
+        ValueError: the file holds no weights that fit the teacher.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"`teacher_checkpoint`: no file at {path}.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in (TEACHER, "model", "network", "state_dict"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    try:
+        unwrap_module(teacher).load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"`teacher_checkpoint`: {path} does not hold weights for the teacher: {err}") from None
+    logger.info("Teacher weights loaded from %s.", path)
+
+
+def _check_networks(
+    teacher: nn.Module,
+    students: Sequence[nn.Module],
+    student_optimizers: Sequence[Optimizer],
+    teacher_optimizer: Optimizer | None,
+    mode: Mode,
+    teacher_mode: TeacherMode,
+) -> None:
+    """Every mistake in wiring networks and optimizers, reported at construction rather than after an epoch."""
+    if not isinstance(teacher, nn.Module):
+        raise ValueError(f"`teacher` must be an nn.Module, got {type(teacher).__name__}.")
+    if isinstance(students, nn.Module) and not isinstance(students, nn.ModuleList):
+        raise ValueError("`students` must be a sequence of networks, got a single module.")
+    if len(students) < 1:
+        raise ValueError("`students` must hold at least one network (K >= 1).")
+    if mode.uses_ml and len(students) < 2:
+        raise ValueError(f"`mode`='{mode}' uses mutual learning, which needs at least 2 `students`; got 1.")
+    modules = [unwrap_module(m) for m in (teacher, *students)]
+    for i, a in enumerate(modules):
+        for j in range(i + 1, len(modules)):
+            if a is modules[j]:
+                names = [TEACHER] + [student_name(k) for k in range(len(students))]
+                raise ValueError(
+                    f"`students`: {names[i]} and {names[j]} are the same module object and would share weights; "
+                    "build each network with its own constructor call."
+                )
+    if len(student_optimizers) != len(students):
+        raise ValueError(
+            f"`student_optimizers` must hold one optimizer per student: {len(student_optimizers)} for "
+            f"{len(students)} students."
+        )
+    if teacher_mode == TeacherMode.ONLINE and teacher_optimizer is None:
+        raise ValueError("`teacher_optimizer` is required when `teacher_mode`='online'.")
+    if teacher_mode == TeacherMode.FROZEN and teacher_optimizer is not None:
+        raise ValueError("`teacher_optimizer` must be None when `teacher_mode`='frozen': the teacher is never updated.")
+    owners = {id(p): name for name, m in zip(_names(len(students)), modules, strict=True) for p in m.parameters()}
+    pairs = [(student_name(k), o) for k, o in enumerate(student_optimizers)]
+    if teacher_optimizer is not None:
+        pairs.append((TEACHER, teacher_optimizer))
+    for name, optimizer in pairs:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if owners.get(id(p), name) != name:
+                    raise ValueError(
+                        f"the optimizer of {name} holds parameters of {owners[id(p)]}; each optimizer must update "
+                        "its own network only."
+                    )
+
+
+def _names(num_students: int) -> list[str]:
+    return [TEACHER] + [student_name(k) for k in range(num_students)]
+
+
+def _shapes(x: Any) -> Any:
+    """The nested shape structure of a network output (tensor, list/tuple or dict of them)."""
+    if isinstance(x, torch.Tensor):
+        return tuple(x.shape)
+    if isinstance(x, Mapping):
+        return {k: _shapes(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_shapes(v) for v in x]
+    return type(x).__name__
+
+
+def _check_output_shapes(teacher_pred: Any, student_preds: list) -> None:
+    expected = _shapes(teacher_pred)
+    for k, pred in enumerate(student_preds):
+        if _shapes(pred) != expected:
+            raise ValueError(
+                f"{student_name(k)} output shape {_shapes(pred)} differs from the {TEACHER}'s {expected}: "
+                "distillation needs outputs that align element for element (same classes, same spatial size)."
+            )
+
+
+def _detach(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, Mapping):
+        return {k: _detach(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detach(v) for v in x)
+    return x
+
+
+def _pred_entries(teacher_pred: Any, student_preds: list) -> dict:
+    entries = {f"pred_{TEACHER}": _detach(teacher_pred)}
+    entries.update({f"pred_{student_name(k)}": _detach(p) for k, p in enumerate(student_preds)})
+    return entries
+
+
+def _loss_entries(terms: Mapping) -> dict[str, torch.Tensor]:
+    """Flatten the loss dict into ``loss_<network>`` and ``<term>_<network>`` entries (detached, for logging)."""
+    entries: dict[str, torch.Tensor] = {}
+    for term, values in terms.get("students", {}).items():
+        for k, value in enumerate(values):
+            key = loss_key(student_name(k)) if term == "loss" else term_key(term, student_name(k))
+            entries[key] = value.detach()
+    for term, value in terms.get("teacher", {}).items():
+        entries[loss_key(TEACHER) if term == "loss" else term_key(term, TEACHER)] = value.detach()
+    return entries

@@ -1,0 +1,165 @@
+"""Each loss against a direct evaluation of its formula; gradient isolation; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monai_kdml.losses import KDLoss, KDMLLoss, MutualLearningLoss, cross_entropy
+
+
+def kl_direct(p_target: torch.Tensor, p_student: torch.Tensor) -> torch.Tensor:
+    """KL(p_target || p_student) per sample/position, summed over dim 1, written out term by term."""
+    return (p_target * (torch.log(p_target) - torch.log(p_student))).sum(dim=1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.5])
+@pytest.mark.parametrize("shape", [(5, 3), (2, 4, 3, 3), (2, 2, 2, 3, 2)])
+def test_kd_loss_matches_formula(temperature: float, shape: tuple) -> None:
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    expected = temperature**2 * kl_direct(torch.softmax(zt / temperature, 1), torch.softmax(zs / temperature, 1)).mean()
+    assert KDLoss(temperature)(zs, zt).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_kd_loss_zero_for_identical_logits_and_positive_otherwise() -> None:
+    z = torch.randn(4, 3)
+    assert KDLoss(3.0)(z, z.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    assert KDLoss(3.0)(z, z.flip(1)).item() > 0
+
+
+def test_kd_loss_extreme_logits_stay_finite() -> None:
+    zs = torch.tensor([[1e4, -1e4], [-3e4, 3e4]], requires_grad=True)
+    zt = torch.tensor([[-1e4, 1e4], [-3e4, 3e4]])
+    loss = KDLoss(1.0)(zs, zt)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(zs.grad).all()
+    # first sample: teacher is certain of class 1, student of class 0: KL = log p_t1 - log p_s1 = 0 - (-2e4)
+    assert loss.item() == pytest.approx(2e4 / 2, rel=1e-4)
+
+
+def test_kd_loss_sends_no_gradient_to_teacher() -> None:
+    zs, zt = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    KDLoss(2.0)(zs, zt).backward()
+    assert zs.grad is not None and zt.grad is None
+
+
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_mutual_learning_matches_formula(temperature: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(6, 4, generator=g, dtype=torch.float64) for _ in range(3)]
+    probs = [torch.softmax(z / temperature, 1) for z in logits]
+    terms = MutualLearningLoss(temperature)(logits)
+    for k in range(3):
+        expected = temperature**2 / 2 * sum(kl_direct(probs[j], probs[k]).mean() for j in range(3) if j != k)
+        assert terms[k].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_mutual_learning_term_k_moves_only_student_k() -> None:
+    logits = [torch.randn(4, 3, requires_grad=True) for _ in range(3)]
+    terms = MutualLearningLoss(2.0)(logits)
+    terms[1].backward()
+    assert logits[1].grad is not None and logits[1].grad.abs().sum() > 0
+    assert logits[0].grad is None and logits[2].grad is None
+
+
+def test_mutual_learning_needs_two_students() -> None:
+    with pytest.raises(ValueError, match="at least 2 students"):
+        MutualLearningLoss()([torch.randn(2, 3)])
+
+
+@pytest.mark.parametrize(
+    "target",
+    [torch.tensor([0, 2, 1]), torch.tensor([[0], [2], [1]]), F.one_hot(torch.tensor([0, 2, 1]), 3).float()],
+    ids=["index", "index_b1", "one_hot"],
+)
+def test_cross_entropy_accepts_target_layouts(target: torch.Tensor) -> None:
+    z = torch.randn(3, 3)
+    expected = -torch.log_softmax(z, 1)[torch.arange(3), torch.tensor([0, 2, 1])].mean()
+    assert cross_entropy(z, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_cross_entropy_dense_targets() -> None:
+    z = torch.randn(2, 3, 4, 4)
+    y = torch.randint(0, 3, (2, 1, 4, 4))
+    expected = -torch.log_softmax(z, 1).gather(1, y).mean()
+    assert cross_entropy(z, y).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert cross_entropy(z, F.one_hot(y[:, 0], 3).movedim(-1, 1).float()).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+
+
+def test_kdml_loss_combines_terms_with_weights() -> None:
+    g = torch.Generator().manual_seed(2)
+    students = [torch.randn(5, 2, generator=g) for _ in range(2)]
+    teacher = torch.randn(5, 2, generator=g)
+    y = torch.randint(0, 2, (5,), generator=g)
+    loss = KDMLLoss(ce_weight=0.5, kd_weight=2.0, ml_weight=3.0, temperature=2.0)
+    out = loss(students, teacher, y)
+    ml = MutualLearningLoss(2.0)(students)
+    for k, z in enumerate(students):
+        ce, kd = F.cross_entropy(z, y), KDLoss(2.0)(z, teacher)
+        assert out["students"]["ce"][k].item() == pytest.approx(ce.item(), rel=1e-6)
+        assert out["students"]["kd"][k].item() == pytest.approx(kd.item(), rel=1e-6)
+        assert out["students"]["ml"][k].item() == pytest.approx(ml[k].item(), rel=1e-6)
+        assert out["students"]["loss"][k].item() == pytest.approx((0.5 * ce + 2 * kd + 3 * ml[k]).item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(sum(out["students"]["loss"]).item(), rel=1e-6)
+    assert out["teacher"]["loss"].item() == pytest.approx(F.cross_entropy(teacher, y).item(), rel=1e-6)
+
+
+def test_kdml_loss_drops_terms() -> None:
+    students = [torch.randn(4, 2) for _ in range(2)]
+    teacher, y = torch.randn(4, 2), torch.randint(0, 2, (4,))
+    no_teacher = KDMLLoss()(students, None, y)
+    assert "kd" not in no_teacher["students"] and "teacher" not in no_teacher
+    assert "ml" not in KDMLLoss()(students, teacher, y, use_ml=False)["students"]
+    assert "kd" not in KDMLLoss()(students, teacher, y, use_kd=False)["students"]
+    # a zero weight keeps the term visible for logging but out of the total
+    out = KDMLLoss(kd_weight=0.0, ml_weight=0.0)(students, teacher, y)
+    assert "kd" in out["students"]
+    assert out["loss"].item() == pytest.approx(sum(out["students"]["ce"]).item(), rel=1e-6)
+
+
+def test_kdml_loss_binary_two_logits_and_segmentation() -> None:
+    z = [torch.randn(2, 2, 5, 5, requires_grad=True) for _ in range(2)]
+    out = KDMLLoss()(z, torch.randn(2, 2, 5, 5), torch.randint(0, 2, (2, 1, 5, 5)))
+    out["loss"].backward()
+    assert all(t.grad is not None for t in z)
+
+
+def test_teacher_ensemble_term() -> None:
+    students = [torch.randn(3, 4, dtype=torch.float64) for _ in range(2)]
+    teacher = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 2])
+    out = KDMLLoss(temperature=2.0, teacher_ensemble_weight=0.5)(students, teacher, y)
+    p_ens = sum(torch.softmax(z / 2.0, 1) for z in students) / 2
+    expected = 4.0 * kl_direct(p_ens, torch.softmax(teacher.detach() / 2.0, 1)).mean()
+    assert out["teacher"]["ens"].item() == pytest.approx(expected.item(), rel=1e-5)
+    out["teacher"]["loss"].backward()
+    assert teacher.grad is not None
+    assert "ens" not in KDMLLoss()(students, teacher, y)["teacher"]
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": 0.0}, {"temperature": -1.0}, {"kd_weight": -1.0}])
+def test_bad_hyper_parameters(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        KDMLLoss(**kwargs)
+
+
+def test_shape_mismatch_is_named() -> None:
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(2, 4\)"):
+        KDLoss()(torch.randn(2, 3), torch.randn(2, 4))
+
+
+def test_temperature_scaling_keeps_gradient_scale() -> None:
+    """T^2 scaling: the gradient norm w.r.t. logits stays of the same order as T grows (Hinton et al.)."""
+    zs, zt = torch.randn(64, 5, requires_grad=True), torch.randn(64, 5)
+    norms = []
+    for t in (4.0, 8.0):
+        zs.grad = None
+        KDLoss(t)(zs, zt).backward()
+        norms.append(zs.grad.norm().item())
+    assert math.isclose(norms[0], norms[1], rel_tol=0.6)
