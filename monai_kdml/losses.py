@@ -69,7 +69,7 @@ def mutual_learning_kl_divs(student_logits: Sequence[Tensor], temperature: float
     if num < 2:
         raise ValueError(f"mutual learning needs at least 2 students, got {num}.")
     return [
-        sum(kd_kl_div(student_logits[k], student_logits[j], temperature) for j in range(num) if j != k) / (num - 1)
+        torch.stack([kd_kl_div(student_logits[k], student_logits[j], temperature) for j in range(num) if j != k]).mean()
         for k in range(num)
     ]
 

@@ -171,7 +171,7 @@ def test_amp_on_cpu_warns_nothing() -> None:
         trainer.run()
     messages = [str(w.message) for w in caught if "amp" in str(w.message).lower() or "cuda" in str(w.message).lower()]
     assert messages == []
-    assert not trainer.scaler.is_enabled()
+    assert not trainer.grad_scaler.is_enabled()
 
 
 def test_output_shape_mismatch_is_named_at_first_iteration() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,7 +153,7 @@ class KDMLTrainer(Trainer):
         self.use_amp = bool(amp) and self.state.device is not None and self.state.device.type == "cuda"
         if amp and not self.use_amp:
             logger.info("amp=True has no effect on device %s: training in float32.", self.state.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self._shapes_checked = False
 
         from monai_kdml.handlers.guards import NonFiniteLossGuard  # local: handlers import engines' keys
@@ -208,29 +209,29 @@ class KDMLTrainer(Trainer):
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         # 4. one backward: targets of KD/ML are detached, so each network gets exactly its own objective's gradient
-        engine.scaler.scale(total).backward()
+        engine.grad_scaler.scale(total).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
 
         # 5. step every trainable network
         for optimizer in engine.trainable_optimizers:
-            engine.scaler.step(optimizer)
-        engine.scaler.update()
+            engine.grad_scaler.step(optimizer)
+        engine.grad_scaler.update()
         engine.state.output[CommonKeys.LOSS] = total.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> OrderedDict:
         """Ignite's engine state (iteration, epoch, ...) plus the AMP grad scaler, so a resumed run is exact."""
-        state = dict(super().state_dict())
-        state["grad_scaler"] = self.scaler.state_dict()
+        state = super().state_dict()
+        state["grad_scaler"] = self.grad_scaler.state_dict()
         return state
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         state = dict(state_dict)
         scaler_state = state.pop("grad_scaler", None)
         super().load_state_dict(state)
-        if scaler_state and self.scaler.is_enabled():
-            self.scaler.load_state_dict(scaler_state)
+        if scaler_state and self.grad_scaler.is_enabled():
+            self.grad_scaler.load_state_dict(scaler_state)
 
 
 def load_teacher_weights(teacher: nn.Module, checkpoint: str | Path) -> None:

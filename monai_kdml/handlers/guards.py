@@ -31,7 +31,7 @@ class NonFiniteLossGuard:
         engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        output = engine.state.output
+        output: dict = engine.state.output  # type: ignore[assignment]  # ignite types output loosely
         total = output[CommonKeys.LOSS]
         if bool(torch.isfinite(total.detach()).all()):  # one device sync per iteration
             return

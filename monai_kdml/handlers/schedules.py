@@ -72,5 +72,5 @@ class WarmupHandler(ParamSchedulerHandler):
                 "max_value": end,
             },
             epoch_level=epoch_level,
-            event=Events.ITERATION_STARTED,
+            event=Events.ITERATION_STARTED,  # type: ignore[arg-type]  # MONAI annotates str; ignite needs the enum
         )

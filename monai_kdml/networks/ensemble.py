@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -45,9 +46,9 @@ def unwrap_module(module: nn.Module) -> nn.Module:
     """The plain module under ``DistributedDataParallel``/``DataParallel`` or ``torch.compile`` wrappers."""
     while True:
         if isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            module = module.module
+            module = cast(nn.Module, module.module)
         elif hasattr(module, "_orig_mod"):  # torch.compile's OptimizedModule
-            module = module._orig_mod
+            module = cast(nn.Module, module._orig_mod)
         else:
             return module
 
