@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Events
-from monai.handlers import ParamSchedulerHandler
+from monai.handlers import LrScheduleHandler, ParamSchedulerHandler
 
-__all__ = ["AttributeSetter", "WarmupHandler"]
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["AttributeSetter", "LrScheduleHandlerGroup", "WarmupHandler"]
 
 
 class AttributeSetter:
@@ -74,3 +78,23 @@ class WarmupHandler(ParamSchedulerHandler):
             epoch_level=epoch_level,
             event=Events.ITERATION_STARTED,  # type: ignore[arg-type]  # MONAI annotates str; ignite needs the enum
         )
+
+
+class LrScheduleHandlerGroup:
+    """MONAI's ``LrScheduleHandler`` for several schedulers at once (one per network's optimizer).
+
+    A bundle's handler list is static while the number of students is a parameter; this one entry expands to one
+    ``LrScheduleHandler`` per scheduler.
+
+    Args:
+        lr_schedulers: the schedulers, e.g. one per optimizer of ``KDMLTrainer.trainable_optimizers``.
+        epoch_level: step once per epoch (default) or per iteration.
+        print_lr: log each learning rate when it changes.
+    """
+
+    def __init__(self, lr_schedulers: Sequence[Any], epoch_level: bool = True, print_lr: bool = False) -> None:
+        self.handlers = [LrScheduleHandler(s, print_lr=print_lr, epoch_level=epoch_level) for s in lr_schedulers]
+
+    def attach(self, engine: Engine) -> None:
+        for handler in self.handlers:
+            handler.attach(engine)
