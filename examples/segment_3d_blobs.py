@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     names = network_names(len(students))
     # Dice per network: argmax + one-hot of every prediction key and of the label
     post = Compose(
-        [AsDiscreted(keys=[pred_key(n) for n in names], argmax=True, to_onehot=2), AsDiscreted(keys="label", to_onehot=2)]
+        [
+            AsDiscreted(keys=[pred_key(n) for n in names], argmax=True, to_onehot=2),
+            AsDiscreted(keys="label", to_onehot=2),
+        ]
     )
     metrics = {
         f"{n}_dice": MeanDice(include_background=False, output_transform=from_engine([pred_key(n), "label"]))

@@ -1,0 +1,37 @@
+"""The examples run end to end at tiny sizes (they are documentation that must not rot)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plain_python_msi_example(tmp_path: Path) -> None:
+    argv = ["--output-dir", str(tmp_path), "--epochs", "1", "--image-size", "32"]
+    results = load("train_msi_plain_python").main([*argv, "--demo-patients", "8", "--demo-tiles-per-patient", "4"])
+    for net in ("teacher", "student_0", "student_1", "ensemble"):
+        assert 0.0 <= results[f"{net}_auc"] <= 1.0
+    assert (tmp_path / "model.pt").is_file()
+    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
+
+
+def test_3d_nifti_segmentation_example(tmp_path: Path) -> None:
+    results = load("segment_3d_blobs").main(
+        ["--output-dir", str(tmp_path), "--num-volumes", "6", "--size", "16", "--epochs", "2"]
+    )
+    assert set(results) == {"teacher_dice", "student_0_dice", "student_1_dice", "ensemble_dice"}
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+    assert len(list((tmp_path / "data").glob("*.nii.gz"))) == 12
+    assert json.loads((tmp_path / "dice.json").read_text()) == results
