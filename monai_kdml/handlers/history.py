@@ -35,7 +35,7 @@ class MetricsHistoryWriter:
     def __call__(self, engine: Engine) -> None:
         if idist.get_rank() != 0:
             return
-        row = {"epoch": engine.state.epoch}
+        row: dict[str, float] = {"epoch": engine.state.epoch}
         row.update({k: float(v) for k, v in engine.state.metrics.items() if is_scalar(v)})
         rows = []
         if self.path.is_file():

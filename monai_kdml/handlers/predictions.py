@@ -72,7 +72,7 @@ class TilePredictionWriter:
     def _collect(self, engine: Engine) -> None:
         members, self._member_logits = self._member_logits, []
         disagreement = student_disagreement(members).reshape(-1).tolist()
-        output = engine.state.output
+        output: Any = engine.state.output
         items = output if isinstance(output, list) else [output]
         for item, d in zip(items, disagreement, strict=True):
             prob = torch.softmax(torch.as_tensor(item[self.pred_key]).float().reshape(-1), dim=0)[self.positive_class]

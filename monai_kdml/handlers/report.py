@@ -6,7 +6,7 @@ import csv
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ignite.distributed as idist
 from ignite.engine import Events
@@ -78,7 +78,8 @@ class ClassificationReport:
             self._rows[name] += probs.tolist()
 
     def __call__(self, engine: Engine) -> None:
-        rows = {k: idist.all_gather(v) if idist.get_world_size() > 1 else v for k, v in self._rows.items()}
+        # per-rank lists joined on every rank (a collective: every rank must call it)
+        rows: dict[str, list] = {k: _gather(v) for k, v in self._rows.items()}
         if idist.get_rank() != 0:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -122,3 +123,10 @@ class ClassificationReport:
             lines += ["", "## Compression", "", compression_table(dict(self.compression))]
         lines += ["", "ROC curves: `roc_tiles.png`, `roc_patients.png`; `tile_scores.csv`, `patient_scores.csv`."]
         return "\n".join(lines) + "\n"
+
+
+def _gather(values: list) -> list:
+    if idist.get_world_size() == 1:
+        return values
+    # a list is gathered as an object: one list per rank, concatenated here in rank order
+    return [v for part in cast(list[list], idist.all_gather(values)) for v in part]
