@@ -49,10 +49,7 @@ class Mode(StrEnum):
     @classmethod
     def parse(cls, value: str | Mode, name: str = "mode") -> Mode:
         """Return the member for ``value``; a bad value raises ``ValueError`` naming ``name`` (with a suggestion)."""
-        try:
-            return cls(look_up_option(value, cls))
-        except ValueError as err:
-            raise ValueError(f"`{name}`: {err}") from None
+        return cls(_look_up(value, cls, name))
 
 
 class TeacherMode(StrEnum):
@@ -64,10 +61,15 @@ class TeacherMode(StrEnum):
     @classmethod
     def parse(cls, value: str | TeacherMode, name: str = "teacher_mode") -> TeacherMode:
         """Return the member for ``value``; a bad value raises ``ValueError`` naming ``name`` (with a suggestion)."""
-        try:
-            return cls(look_up_option(value, cls))
-        except ValueError as err:
-            raise ValueError(f"`{name}`: {err}") from None
+        return cls(_look_up(value, cls, name))
+
+
+def _look_up(value: str | StrEnum, options: type[StrEnum], name: str) -> str:
+    # MONAI's look_up_option gives the "did you mean" suggestion; the argument's name is prefixed for the user
+    try:
+        return str(look_up_option(value, options))
+    except ValueError as err:
+        raise ValueError(f"`{name}`: {err}") from None
 
 
 def student_name(index: int) -> str:
