@@ -261,3 +261,20 @@ class TestConstructionErrors:
         student = tiny_net(4)
         with pytest.raises(ValueError, match="student_0 and student_1 are the same module object"):
             make_trainer(students=[student, student])
+
+
+def test_compile_wraps_networks_and_ensemble_unwraps_them() -> None:
+    teacher, students = tiny_net(8, seed=0), [tiny_net(4, seed=1), tiny_net(4, seed=2)]
+    trainer = make_trainer(
+        teacher=teacher,
+        students=students,
+        compile=True,
+        compile_kwargs={"backend": "eager"},
+        train_data_loader=loader(8, 8),
+    )
+    trainer.run()
+    assert all(hasattr(s, "_orig_mod") for s in trainer.students)
+    from monai_kdml.networks import StudentEnsemble
+
+    ensemble = StudentEnsemble(trainer.students)
+    assert all(a is b for a, b in zip(ensemble.students, students, strict=True))  # plain modules, loadable anywhere
