@@ -19,12 +19,14 @@ from monai_kdml.data.kather import (
 from monai_kdml.data.kvasir import kvasir_datalist, split_by_id
 from monai_kdml.data.msi import MSIDatalists, prepare_msi_datalists, tile_datalist
 from monai_kdml.data.msi_demo import ensure_msi_demo, make_msi_demo
+from monai_kdml.data.polyp import PolypDatalists, polyp_inference_datalist, prepare_polyp_datalists
 from monai_kdml.data.polyp_demo import ensure_polyp_demo, make_polyp_demo
 
 __all__ = [
     "ImageFileError",
     "ImageInfo",
     "MSIDatalists",
+    "PolypDatalists",
     "box_to_original",
     "check_tiles",
     "detection_collate",
@@ -37,10 +39,12 @@ __all__ = [
     "make_msi_demo",
     "make_polyp_demo",
     "patient_id_from_path",
+    "polyp_inference_datalist",
     "polyp_inference_transforms",
     "polyp_train_transforms",
     "polyp_val_transforms",
     "prepare_msi_datalists",
+    "prepare_polyp_datalists",
     "sample_weights",
     "split_by_id",
     "split_by_patient",

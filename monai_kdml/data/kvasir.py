@@ -37,7 +37,7 @@ from skimage import measure
 
 from monai_kdml.data.images import ImageFileError, inspect_image
 
-__all__ = ["IMAGE_SUFFIXES", "PreflightReport", "kvasir_datalist", "kvasir_preflight", "split_by_id"]
+__all__ = ["IMAGE_SUFFIXES", "PreflightReport", "kvasir_datalist", "kvasir_preflight", "require_frames", "split_by_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +370,17 @@ def kvasir_datalist(
         keep_empty=keep_empty,
         classes=classes,
     )
+    return require_frames(dataset_dir, datalist, report)
+
+
+def require_frames(
+    dataset_dir: str | Path, datalist: list[dict[str, Any]], report: PreflightReport
+) -> list[dict[str, Any]]:
+    """Log the pre-flight ``report`` in one block (WARNING when it found problems) and refuse an empty datalist.
+
+    Raises:
+        ValueError: no usable frame is left; the message carries the report.
+    """
     logger.log(logging.WARNING if report.has_problems else logging.INFO, "%s", report.summary())
     if not datalist:
         raise ValueError(f"dataset_dir {str(dataset_dir)!r}: no usable frames\n{report.summary()}")

@@ -11,6 +11,15 @@ from monai_kdml.detection.ensemble import (
     fuse_detections,
     weighted_box_fusion,
 )
+from monai_kdml.detection.handlers import (
+    DecollateDetections,
+    DetectionBoxImages,
+    DetectionPredictionWriter,
+    DetectionSummaryWriter,
+    FuseDetectionsd,
+    decollate_detections,
+    draw_boxes,
+)
 from monai_kdml.detection.inference import RetinaNetInferer
 from monai_kdml.detection.losses import (
     AnchorMatch,
@@ -37,9 +46,14 @@ __all__ = [
     "BACKBONES",
     "PRESETS",
     "AnchorMatch",
+    "DecollateDetections",
+    "DetectionBoxImages",
     "DetectionKDMLLoss",
+    "DetectionPredictionWriter",
     "DetectionPreset",
+    "DetectionSummaryWriter",
     "DetectorSpec",
+    "FuseDetectionsd",
     "NetworkConfig",
     "ResNetFPNBackbone",
     "RetinaNetGTLoss",
@@ -49,7 +63,9 @@ __all__ = [
     "box_distillation",
     "build_retinanet",
     "check_anchor_alignment",
+    "decollate_detections",
     "distillation_anchor_mask",
+    "draw_boxes",
     "fuse_detections",
     "get_preset",
     "sigmoid_distillation",
