@@ -24,15 +24,6 @@ from monai_kdml.detection import (
 SPEC = DetectorSpec(base_anchor_shapes=((8, 8), (16, 16)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only add overhead, and on a busy 2-core box a spinning OpenMP team slows ops 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _students(num: int = 2, spec: DetectorSpec = SPEC) -> list[torch.nn.Module]:
     torch.manual_seed(0)
     return [build_retinanet(spec, "resnet10", fpn_channels=8, widen_factor=0.125).eval() for _ in range(num)]

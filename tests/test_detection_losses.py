@@ -26,15 +26,6 @@ SPEC = DetectorSpec(base_anchor_shapes=((8, 8), (16, 16)))  # strides 4, 8, 16; 
 CLS, BOX = "classification", "box_regression"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only add overhead, and on a busy 2-core box a spinning OpenMP team slows ops 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sigmoid(z: float) -> float:
     return 1.0 / (1.0 + math.exp(-z))
 

@@ -20,15 +20,6 @@ from monai_kdml.detection.networks import (
 TINY = DetectorSpec(base_anchor_shapes=((8, 8), (16, 16)))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: threads only add overhead, and on a busy 2-core box a spinning OpenMP team slows ops 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _resnet10(**kwargs) -> resnet.ResNet:
     return resnet.resnet10(spatial_dims=2, n_input_channels=3, conv1_t_stride=2, widen_factor=0.25, **kwargs)
 

@@ -37,15 +37,6 @@ TINY = {"preset": "tiny", "image_size": 64, "demo_images": 16, "demo_image_size"
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks: extra threads only add overhead on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_bundle(config: str | list[str], workflow_type: str, **override) -> ConfigWorkflow:
     """``python -m monai.bundle run`` in-process, after checking the workflow's properties."""
     files = [str(BUNDLE / c) for c in ([config] if isinstance(config, str) else config)]
