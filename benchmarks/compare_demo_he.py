@@ -24,7 +24,7 @@ from skimage.filters import gaussian, threshold_otsu
 from skimage.measure import label, regionprops
 from skimage.morphology import disk, opening, remove_small_objects
 
-from monai_kdml.data.msi_demo import KATHER_MICRONS_PER_PIXEL, render_msi_tile
+from monai_kdml.apps.msi.demo import KATHER_MICRONS_PER_PIXEL, render_msi_tile
 
 __all__ = ["main", "tile_stats"]
 

@@ -4,7 +4,7 @@ Usage (from the repository root)::
 
     python benchmarks/msi_demo_difficulty.py [--patients 80] [--tiles 8] [--size 64] [--epochs 30] [--seed 0]
 
-Generates a demo set with :func:`monai_kdml.data.msi_demo.make_msi_demo` (40 % of the patients held out in
+Generates a demo set with :func:`monai_kdml.apps.msi.demo.make_msi_demo` (40 % of the patients held out in
 ``CRC_DX_TEST``) in a temporary folder, trains a 3-block CNN on ``CRC_DX_TRAIN`` (tiles downsized to ``--size`` px,
 flips and 90-degree rotations) for ``--epochs`` epochs (at most ``--seconds``), and evaluates on the held-out
 patients: tile AUC, and patient AUC of the mean tile probability. The generator aims at a tile AUC clearly above
@@ -24,8 +24,8 @@ from monai.metrics import compute_roc_auc
 from PIL import Image
 from torch import nn
 
-from monai_kdml.data.kather import kather_datalist
-from monai_kdml.data.msi_demo import make_msi_demo
+from monai_kdml.apps.msi.demo import make_msi_demo
+from monai_kdml.apps.msi.kather import kather_datalist
 
 __all__ = ["main"]
 

@@ -16,40 +16,16 @@ import logging
 from pathlib import Path
 
 import torch
-from monai.data import CacheDataset, DataLoader, PILReader
+from monai.data import CacheDataset, DataLoader
 from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ValidationHandler
-from monai.transforms import (
-    Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    RandFlipd,
-    RandRotate90d,
-    Resized,
-    ScaleIntensityRanged,
-)
 
-from monai_kdml.data import patient_id_from_path, prepare_msi_datalists, to_rgb
+from monai_kdml.apps.msi import patient_auc_metrics, prepare_msi_datalists, tile_transforms
 from monai_kdml.engines import KDMLEvaluator, KDMLTrainer
 from monai_kdml.handlers import EpochSeedHandler, WarmupHandler, loss_terms
 from monai_kdml.keys import network_names
 from monai_kdml.losses import KDMLLoss
 from monai_kdml.metrics import classification_metrics
 from monai_kdml.networks import StudentEnsemble, build_network
-
-
-def transforms(image_size: int, train: bool) -> Compose:
-    """Load an RGB tile, resize it, scale to [0, 1]; flips and 90-degree rotations for training."""
-    steps = [
-        LoadImaged(keys="image", reader=PILReader(converter=to_rgb), image_only=True),
-        EnsureChannelFirstd(keys="image"),
-        Resized(keys="image", spatial_size=(image_size, image_size), mode="area"),
-        ScaleIntensityRanged(keys="image", a_min=0, a_max=255, b_min=0, b_max=1, clip=True),
-        EnsureTyped(keys=["image", "label"], dtype=[torch.float32, torch.long]),
-    ]
-    if train:
-        steps += [RandFlipd(keys="image", prob=0.5, spatial_axis=0), RandRotate90d(keys="image", prob=0.5)]
-    return Compose(steps)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -72,9 +48,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         demo_patients=args.demo_patients,
         demo_tiles_per_patient=args.demo_tiles_per_patient,
     )
-    train_ds = CacheDataset(data.train, transforms(args.image_size, train=True), progress=False)
+    train_ds = CacheDataset(data.train, tile_transforms(args.image_size, train=True), progress=False)
     train_loader = DataLoader(train_ds, batch_size=16, shuffle=True)
-    val_loader = DataLoader(CacheDataset(data.val, transforms(args.image_size, train=False), progress=False), 32)
+    val_ds = CacheDataset(data.val, tile_transforms(args.image_size), progress=False)
+    val_loader = DataLoader(val_ds, batch_size=32)
 
     # 2. networks: a ResNet18 teacher and slim ResNet10 students; the ensemble is what gets deployed
     teacher = build_network("resnet18")
@@ -84,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 3. validation: AUC, accuracy, balanced accuracy, F1, patient AUC for every network, plus disagreement
     names = network_names(len(students))
-    metrics = classification_metrics(names, patient_id_fn=patient_id_from_path)
+    metrics = {**classification_metrics(names), **patient_auc_metrics(names)}
     runs = str(args.output_dir / "runs")
     evaluator = KDMLEvaluator(
         device="cpu",
@@ -92,7 +69,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         teacher=teacher,
         students=students,
         ensemble=ensemble,
-        key_val_metric={"ensemble_auc": metrics["ensemble_auc"]},
+        batch_keys=["patient"],  # the datalist's patient ids reach the patient-level metrics
+        key_val_metric={"ensemble_auc": metrics.pop("ensemble_auc")},
         additional_metrics=metrics,
         val_handlers=[
             StatsHandler(iteration_log=False),

@@ -1,13 +1,66 @@
-"""Test-session settings: tiny tensors and two pytest-xdist workers on 2 cores want one thread per process."""
+"""Test-session settings and the fixtures shared by every test package (core and apps).
+
+Tiny tensors and two pytest-xdist workers on 2 cores want one thread per process; the toy problem (8x8 blob images,
+tiny CNNs) is what the engine tests train on.
+"""
 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 # OpenMP threads that spin while waiting make small ops ~100x slower when another process holds a core
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # after the OpenMP setting
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 # intra-op threads only add overhead on the tests' tiny tensors, and oversubscribe the cores under xdist
 torch.set_num_threads(1)
+
+
+class BlobDataset(Dataset):
+    """8x8 one-channel images; class 1 has a bright 3x3 blob, class 0 a dim one, both with noise."""
+
+    def __init__(self, num: int = 64, seed: int = 0, size: int = 8) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(num, 1, size, size, generator=g) * 0.5
+        self.labels = torch.randint(0, 2, (num,), generator=g)
+        pos = torch.randint(0, size - 3, (num, 2), generator=g)
+        for i in range(num):
+            r, c = pos[i].tolist()
+            self.images[i, 0, r : r + 3, c : c + 3] += 2.0 if self.labels[i] == 1 else 0.5
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "label": self.labels[i]}
+
+
+def tiny_net(width: int = 4, num_classes: int = 2, seed: int | None = None) -> nn.Module:
+    """A small CNN; ``seed`` fixes its initial weights."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, width, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes),
+    )
+
+
+def blob_loader(num: int = 64, batch_size: int = 16, seed: int = 0, shuffle: bool = False) -> DataLoader:
+    """A loader over :class:`BlobDataset`."""
+    return DataLoader(BlobDataset(num, seed), batch_size=batch_size, shuffle=shuffle)
+
+
+@pytest.fixture(scope="session")
+def toy() -> SimpleNamespace:
+    """The toy problem: ``toy.BlobDataset``, ``toy.tiny_net(width, num_classes, seed)``, ``toy.loader(...)``."""
+    return SimpleNamespace(BlobDataset=BlobDataset, tiny_net=tiny_net, loader=blob_loader)

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageFileError", "ImageInfo", "inspect_image", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "ImageFileError", "ImageInfo", "inspect_image", "is_image_file", "to_rgb"]
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+"""File suffixes (lower case) that every loader of monai-kdml reads as images, through PIL."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` names a visible image file: an :data:`IMAGE_SUFFIXES` suffix, not hidden (``.``, ``._``)."""
+    name = Path(path).name
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
 
 
 class ImageFileError(ValueError):

@@ -6,38 +6,48 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from monai.engines import EnsembleEvaluator
-from monai.engines.utils import default_metric_cmp_fn, default_prepare_batch
-from monai.inferers import Inferer
+from monai.engines import Evaluator
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Transform
-from monai.utils import ForwardMode
+from monai.utils import CommonKeys, ForwardMode
 from torch import nn
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import ENSEMBLE, TEACHER, pred_key, student_name
+from monai_kdml.keys import ENSEMBLE, network_names, pred_key
 from monai_kdml.networks.ensemble import StudentEnsemble
 
 if TYPE_CHECKING:
-    from ignite.engine import Engine, EventEnum
+    from ignite.engine import EventEnum
     from ignite.metrics import Metric
 
 __all__ = ["KDMLEvaluator"]
 
 
-class KDMLEvaluator(EnsembleEvaluator):
-    """MONAI's ``EnsembleEvaluator`` over ``[teacher, *students, ensemble]``.
+class KDMLEvaluator(Evaluator):
+    """One validation pass that scores the teacher, every student and their ensemble on the same batches.
+
+    Each iteration (mirroring :class:`~monai_kdml.engines.KDMLTrainer`):
+
+    1. prepare the batch once;
+    2. run the teacher and each student once through the inferer;
+    3. fuse the students' predictions into the ensemble's with ``combine`` (no second pass through the students),
+       or, when ``combine`` is ``None``, run ``ensemble`` as a network of its own (``FORWARD_COMPLETED``,
+       ``MODEL_COMPLETED``).
 
     Predictions land in ``pred_teacher``, ``pred_student_<k>`` and ``pred`` (the ensemble, MONAI's default key, so
-    post-transforms and metrics written for one network apply to the deployed model unchanged). Metrics per network
-    are attached with output transforms that pick the key (see :mod:`monai_kdml.metrics`). The ensemble is the very
-    module that is saved and exported, so what is validated is what is deployed. Arguments not listed follow
-    :class:`monai.engines.EnsembleEvaluator`.
+    post-transforms and metrics written for one network apply to the deployed model unchanged). Entries of the batch
+    named in ``batch_keys`` (e.g. the datalist's ``"patient"`` ids) are copied into the output, so metrics see them.
+    Arguments not listed follow :class:`monai.engines.Evaluator`.
 
     Args:
         teacher: the teacher network.
         students: the ``K`` students.
-        ensemble: the deployable ensemble; default ``StudentEnsemble(students)`` (mean probability). Detection
-            passes its head-level ensemble.
+        ensemble: the deployable ensemble; default ``StudentEnsemble(students)``. It is what ``model.pt`` saves.
+        combine: maps the students' predictions (a list, in order) to the ensemble's prediction. Default: the
+            ensemble's own rule when it is a :class:`~monai_kdml.networks.StudentEnsemble` (its ``fuse`` method),
+            else ``None``, which runs ``ensemble`` through the inferer.
+        batch_keys: batch entries copied into ``engine.state.output``.
     """
 
     def __init__(
@@ -47,10 +57,12 @@ class KDMLEvaluator(EnsembleEvaluator):
         teacher: nn.Module,
         students: Sequence[nn.Module],
         ensemble: nn.Module | None = None,
+        combine: Callable[[list[Any]], Any] | None = None,
+        batch_keys: Sequence[str] = (),
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
-        iteration_update: Callable[[Engine, Any], Any] | None = None,
+        iteration_update: Callable | None = None,
         inferer: Inferer | None = None,
         postprocessing: Transform | None = None,
         key_val_metric: dict[str, Metric] | None = None,
@@ -67,19 +79,14 @@ class KDMLEvaluator(EnsembleEvaluator):
     ) -> None:
         if len(students) < 1:
             raise ValueError("`students` must hold at least one network.")
-        ensemble = StudentEnsemble(students) if ensemble is None else ensemble
-        names = [TEACHER] + [student_name(k) for k in range(len(students))] + [ENSEMBLE]
         device = torch.device(device) if isinstance(device, str) else device
         super().__init__(
             device=device,
             val_data_loader=val_data_loader,
-            networks=[teacher, *students, ensemble],
-            pred_keys=[pred_key(name) for name in names],
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             prepare_batch=prepare_batch,
             iteration_update=iteration_update,
-            inferer=inferer,
             postprocessing=postprocessing,
             key_val_metric=key_val_metric,
             additional_metrics=additional_metrics,
@@ -96,4 +103,46 @@ class KDMLEvaluator(EnsembleEvaluator):
         )
         self.teacher = teacher
         self.students = list(students)
-        self.ensemble = ensemble
+        self.ensemble = StudentEnsemble(students) if ensemble is None else ensemble
+        if combine is None and isinstance(self.ensemble, StudentEnsemble):
+            combine = self.ensemble.fuse
+        self.combine = combine
+        self.batch_keys = list(batch_keys)
+        self.inferer = SimpleInferer() if inferer is None else inferer
+        self.names = network_names(len(self.students), ensemble=False)
+
+    @property
+    def networks(self) -> list[nn.Module]:
+        """``[teacher, *students]``, the networks run once per batch."""
+        return [self.teacher, *self.students]
+
+    def _iteration(self, engine: KDMLEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
+        """Predictions of every network and of the ensemble for one batch; returns ``engine.state.output``."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        # 1. one batch serves every network
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
+        output: dict[str, Any] = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
+        for key in engine.batch_keys:
+            if key not in batchdata:
+                raise ValueError(f"`batch_keys`: the batch has no '{key}' entry (keys: {sorted(batchdata)}).")
+            output[key] = batchdata[key]
+        engine.state.output = output
+        with torch.autocast("cuda", enabled=engine.amp, **engine.amp_kwargs):
+            # 2. one forward per network
+            preds = []
+            for name, network in zip(engine.names, engine.networks, strict=True):
+                with engine.mode(network):
+                    preds.append(engine.inferer(inputs, network, *args, **kwargs))
+                output[pred_key(name)] = preds[-1]
+            # 3. the ensemble, fused from the students' predictions when a rule is known
+            if engine.combine is not None:
+                with torch.no_grad():
+                    output[pred_key(ENSEMBLE)] = engine.combine(preds[1:])
+            else:
+                with engine.mode(engine.ensemble):
+                    output[pred_key(ENSEMBLE)] = engine.inferer(inputs, engine.ensemble, *args, **kwargs)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output  # decollated by MONAI at MODEL_COMPLETED (ignite stores what is returned)

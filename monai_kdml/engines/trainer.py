@@ -55,7 +55,7 @@ class KDMLTrainer(Trainer):
         student_optimizers: one optimizer per student, in the same order, each over its own student only.
         loss_function: :class:`monai_kdml.losses.KDMLLoss` or any module with its call contract
             ``(student_preds, teacher_pred, target, *, use_kd, use_ml) -> {"loss", "students", "teacher"}``
-            (e.g. the detection loss in :mod:`monai_kdml.detection`).
+            (e.g. the detection loss in :mod:`monai_kdml.apps.polyp`).
         teacher_optimizer: the teacher's optimizer; required when ``teacher_mode="online"``, absent when frozen.
         mode: ``"independent"``, ``"kd"``, ``"ml"`` or ``"kdml"`` (see :class:`monai_kdml.keys.Mode`).
         teacher_mode: ``"online"`` (trained in the same iterations) or ``"frozen"`` (pre-trained, eval mode, never

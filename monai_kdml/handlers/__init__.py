@@ -4,20 +4,16 @@ from monai_kdml.handlers.checkpoint import latest_checkpoint
 from monai_kdml.handlers.guards import NonFiniteLossError, NonFiniteLossGuard
 from monai_kdml.handlers.history import MetricsHistoryWriter
 from monai_kdml.handlers.outputs import loss_terms
-from monai_kdml.handlers.predictions import TilePredictionWriter
-from monai_kdml.handlers.report import ClassificationReport
 from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, WarmupHandler
 from monai_kdml.handlers.seeding import EpochSeedHandler
 
 __all__ = [
     "AttributeSetter",
-    "ClassificationReport",
     "EpochSeedHandler",
     "LrScheduleHandlerGroup",
     "MetricsHistoryWriter",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
-    "TilePredictionWriter",
     "WarmupHandler",
     "latest_checkpoint",
     "loss_terms",

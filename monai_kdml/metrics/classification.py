@@ -18,7 +18,7 @@ Which implementation computes what:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,15 +28,15 @@ from monai.networks.utils import one_hot
 
 from monai_kdml.keys import ENSEMBLE, TEACHER, pred_key
 from monai_kdml.metrics.disagreement import StudentDisagreement
-from monai_kdml.metrics.patient import PatientAUC
 
 __all__ = [
     "ClassIndexOutput",
     "PredictionOutput",
     "ProbabilityOutput",
     "StudentLogitsOutput",
-    "TileScoreOutput",
+    "class_indices",
     "classification_metrics",
+    "logits_of",
     "stack_output",
 ]
 
@@ -58,7 +58,8 @@ def stack_output(output: Any, key: str) -> torch.Tensor:
     raise ValueError(f"engine output must be a dict or a non-empty list of dicts, got {type(output).__name__}.")
 
 
-def _logits(output: Any, key: str, num_classes: int) -> torch.Tensor:
+def logits_of(output: Any, key: str, num_classes: int) -> torch.Tensor:
+    """``output[key]`` as float ``(B, num_classes)`` logits; a clear ``ValueError`` for any other shape."""
     logits = stack_output(output, key)
     if logits.ndim != 2 or logits.shape[1] != num_classes:
         raise ValueError(
@@ -67,7 +68,8 @@ def _logits(output: Any, key: str, num_classes: int) -> torch.Tensor:
     return logits.float()
 
 
-def _class_indices(output: Any, key: str, num_classes: int) -> torch.Tensor:
+def class_indices(output: Any, key: str, num_classes: int) -> torch.Tensor:
+    """``output[key]`` as ``(B,)`` int64 class indices in ``[0, num_classes)``; a clear ``ValueError`` otherwise."""
     labels = stack_output(output, key)
     if labels.ndim == 0 or labels.numel() != labels.shape[0]:
         raise ValueError(f"'{key}' must hold one class index per sample, got shape {tuple(labels.shape)}.")
@@ -90,8 +92,8 @@ class ProbabilityOutput:
         self.pred_key, self.num_classes, self.label_key = pred_key, num_classes, label_key
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(_logits(output, self.pred_key, self.num_classes), dim=1)
-        labels = _class_indices(output, self.label_key, self.num_classes)
+        probs = torch.softmax(logits_of(output, self.pred_key, self.num_classes), dim=1)
+        labels = class_indices(output, self.label_key, self.num_classes)
         return probs, one_hot(labels[:, None], self.num_classes, dim=1).to(probs.device)
 
 
@@ -105,8 +107,8 @@ class PredictionOutput:
         self.pred_key, self.num_classes, self.label_key = pred_key, num_classes, label_key
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = _logits(output, self.pred_key, self.num_classes)
-        labels = _class_indices(output, self.label_key, self.num_classes)
+        logits = logits_of(output, self.pred_key, self.num_classes)
+        labels = class_indices(output, self.label_key, self.num_classes)
         predicted = one_hot(logits.argmax(dim=1, keepdim=True), self.num_classes, dim=1)
         return predicted, one_hot(labels[:, None], self.num_classes, dim=1).to(predicted.device)
 
@@ -121,55 +123,8 @@ class ClassIndexOutput:
         self.pred_key, self.num_classes, self.label_key = pred_key, num_classes, label_key
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = _logits(output, self.pred_key, self.num_classes)
-        return logits, _class_indices(output, self.label_key, self.num_classes).to(logits.device)
-
-
-class TileScoreOutput:
-    """``(tile paths, positive-class probabilities (B,), binary labels (B,))`` of one network, for ``PatientAUC``.
-
-    The path is ``meta["filename_or_obj"]`` of the image MetaTensor (what ``LoadImaged`` sets), or of
-    ``<image_key>_meta_dict`` when metadata travels separately.
-
-    Args:
-        pred_key: output key of the network's logits.
-        num_classes: number of classes C.
-        positive_class: class whose probability is scored; labels become ``label == positive_class``.
-        image_key: output key of the image.
-        label_key: output key of the class index.
-    """
-
-    def __init__(
-        self,
-        pred_key: str,
-        num_classes: int,
-        positive_class: int = 1,
-        image_key: str = "image",
-        label_key: str = "label",
-    ) -> None:
-        if not 0 <= positive_class < num_classes:
-            raise ValueError(f"`positive_class` must be in [0, {num_classes}), got {positive_class}.")
-        self.pred_key, self.num_classes, self.positive_class = pred_key, num_classes, positive_class
-        self.image_key, self.label_key = image_key, label_key
-
-    def _paths(self, output: Any) -> list[str]:
-        items = [output] if isinstance(output, dict) else list(output)
-        paths: list[Any] = []
-        for item in items:
-            meta = getattr(item.get(self.image_key), "meta", None) or item.get(f"{self.image_key}_meta_dict") or {}
-            if "filename_or_obj" not in meta:
-                raise ValueError(
-                    f"patient-level metrics need tile paths: output '{self.image_key}' has no "
-                    "meta['filename_or_obj'] (load images with LoadImaged, or set patient_auc=False)."
-                )
-            names = meta["filename_or_obj"]
-            paths.extend([names] if isinstance(names, str) or not isinstance(names, Sequence) else names)
-        return [str(p) for p in paths]
-
-    def __call__(self, output: Any) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        probs = torch.softmax(_logits(output, self.pred_key, self.num_classes), dim=1)[:, self.positive_class]
-        labels = (_class_indices(output, self.label_key, self.num_classes) == self.positive_class).long()
-        return self._paths(output), probs, labels
+        logits = logits_of(output, self.pred_key, self.num_classes)
+        return logits, class_indices(output, self.label_key, self.num_classes).to(logits.device)
 
 
 class StudentLogitsOutput:
@@ -204,27 +159,19 @@ def _confusion_metrics(key: str, num_classes: int, label_key: str) -> dict[str, 
 
 
 def classification_metrics(
-    network_names: Sequence[str],
-    num_classes: int = 2,
-    patient_id_fn: Callable[[str], str] | None = None,
-    patient_auc: bool = True,
-    label_key: str = "label",
-    image_key: str = "image",
+    network_names: Sequence[str], num_classes: int = 2, label_key: str = "label"
 ) -> dict[str, Metric]:
     """Metrics of every network, ready for an evaluator's ``key_val_metric`` / ``additional_metrics``.
 
     Per network ``<net>``: ``<net>_auc``, ``<net>_acc``, ``<net>_bacc`` (balanced accuracy), ``<net>_f1`` (of
-    class 1 for two classes, macro otherwise) and, with ``patient_auc``, ``<net>_patient_auc`` (class 1 vs rest);
-    plus ``disagreement`` (:class:`StudentDisagreement`) when there are at least two students. All values are
-    scalars, so ``StatsHandler``, ``TensorBoardStatsHandler`` and ``MetricsSaver`` log them unchanged.
+    class 1 for two classes, macro otherwise); plus ``disagreement`` (:class:`StudentDisagreement`) when there are
+    at least two students. Patient-level AUCs are the MSI app's (:func:`monai_kdml.apps.msi.patient_auc_metrics`).
+    All values are scalars, so ``StatsHandler``, ``TensorBoardStatsHandler`` and ``MetricsSaver`` log them unchanged.
 
     Args:
         network_names: e.g. ``monai_kdml.keys.network_names(K)``.
         num_classes: number of classes C (>= 2).
-        patient_id_fn: tile path -> patient id; default :func:`monai_kdml.metrics.patient.tcga_patient_id`.
-        patient_auc: add patient-level AUCs (needs tile paths in the image metadata).
         label_key: output key of the class index.
-        image_key: output key of the image (for the tile paths).
 
     Returns:
         Fresh metric objects keyed by name (build one dict per evaluator).
@@ -242,9 +189,6 @@ def classification_metrics(
         metrics[f"{name}_auc"] = ROCAUC(output_transform=ProbabilityOutput(key, num_classes, label_key))
         for suffix, metric in _confusion_metrics(key, num_classes, label_key).items():
             metrics[f"{name}_{suffix}"] = metric
-        if patient_auc:
-            transform = TileScoreOutput(key, num_classes, image_key=image_key, label_key=label_key)
-            metrics[f"{name}_patient_auc"] = PatientAUC(patient_id_fn, output_transform=transform)
     students = [name for name in network_names if name not in (TEACHER, ENSEMBLE)]
     if len(students) >= 2:
         transform_students = StudentLogitsOutput([pred_key(name) for name in students])

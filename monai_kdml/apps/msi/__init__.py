@@ -1,0 +1,56 @@
+"""MSI vs MSS tile classification: Kather et al. layouts, demo tiles, pre-flight checks, patient-level metrics,
+the evaluation report and the inference writer.
+
+Reference: Kather et al., "Deep learning can predict microsatellite instability directly from histology in
+gastrointestinal cancer", Nature Medicine 2019.
+"""
+
+from monai_kdml.apps.msi.datalists import MSIDatalists, prepare_msi_datalists, tile_datalist
+from monai_kdml.apps.msi.demo import ensure_msi_demo, make_msi_demo
+from monai_kdml.apps.msi.kather import (
+    CLASS_FOLDERS,
+    DatasetLayoutError,
+    kather_datalist,
+    patient_id_from_path,
+    sample_weights,
+    split_by_patient,
+    undersample,
+)
+from monai_kdml.apps.msi.patients import (
+    PATIENT_KEY,
+    PatientAUC,
+    PatientScoreOutput,
+    patient_auc_metrics,
+    patient_level_scores,
+)
+from monai_kdml.apps.msi.predictions import TilePredictionWriter
+from monai_kdml.apps.msi.report import ClassificationReport
+from monai_kdml.apps.msi.tiles import TileCheckError, TileCheckReport, check_tiles
+from monai_kdml.apps.msi.transforms import MIN_TILE_SIZE, tile_transforms
+
+__all__ = [
+    "CLASS_FOLDERS",
+    "MIN_TILE_SIZE",
+    "PATIENT_KEY",
+    "ClassificationReport",
+    "DatasetLayoutError",
+    "MSIDatalists",
+    "PatientAUC",
+    "PatientScoreOutput",
+    "TileCheckError",
+    "TileCheckReport",
+    "TilePredictionWriter",
+    "check_tiles",
+    "ensure_msi_demo",
+    "kather_datalist",
+    "make_msi_demo",
+    "patient_auc_metrics",
+    "patient_id_from_path",
+    "patient_level_scores",
+    "prepare_msi_datalists",
+    "sample_weights",
+    "split_by_patient",
+    "tile_datalist",
+    "tile_transforms",
+    "undersample",
+]

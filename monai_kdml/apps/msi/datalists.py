@@ -1,0 +1,137 @@
+"""Everything the MSI bundle needs from the data in one call: demo or real tiles, checked and split by patient."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from monai.utils import look_up_option
+
+from monai_kdml.apps.msi.demo import ensure_msi_demo
+from monai_kdml.apps.msi.kather import (
+    DatasetLayoutError,
+    kather_datalist,
+    patient_id_from_path,
+    split_by_patient,
+    undersample,
+)
+from monai_kdml.apps.msi.tiles import TileCheckReport, check_tiles
+from monai_kdml.data.images import IMAGE_SUFFIXES, is_image_file
+
+__all__ = ["MSIDatalists", "prepare_msi_datalists", "tile_datalist"]
+
+logger = logging.getLogger(__name__)
+
+_BALANCING = ("none", "undersample", "weighted")
+
+
+@dataclass
+class MSIDatalists:
+    """Train/validation (by patient) and test datalists of one run.
+
+    Args:
+        root: the data set root that was read.
+        is_demo: whether ``root`` is the generated demo set.
+        train: training tiles (after the optional undersampling).
+        val: validation tiles, drawn from the training folder by patient.
+        test: tiles of the test folder (``[]`` when not requested or absent).
+        report: the pre-flight tile check of the training folder.
+    """
+
+    root: Path
+    is_demo: bool
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    report: TileCheckReport
+
+
+def prepare_msi_datalists(
+    dataset_dir: str | Path | None,
+    cache_dir: str | Path,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    cohort: str | None = None,
+    balance: Literal["none", "undersample", "weighted"] = "none",
+    expected_size: tuple[int, int] | None = (224, 224),
+    decode: bool = False,
+    with_test: bool = False,
+    demo_patients: int = 40,
+    demo_tiles_per_patient: int = 16,
+) -> MSIDatalists:
+    """Resolve the data (the synthetic demo when ``dataset_dir`` is None), check every tile, split by patient.
+
+    Runs before any network is built, so a missing folder, a missing class or a broken download fails in seconds.
+
+    Args:
+        dataset_dir: the Kather root (``CRC_DX_TRAIN``/``CRC_DX_TEST``), a single class-folder root, or ``None``
+            for the demo set generated (once) under ``cache_dir``.
+        cache_dir: where the demo set is cached.
+        val_fraction: fraction of training patients (per class) held out for validation.
+        seed: seed of the patient split and of the undersampling.
+        cohort: ``"CRC"`` or ``"STAD"`` when ``dataset_dir`` holds both.
+        balance: ``"undersample"`` the majority class of the training split (as Kather et al.), ``"weighted"``
+            (the bundle then uses a ``WeightedRandomSampler``; the lists stay as they are) or ``"none"``.
+        expected_size: tile size to count deviations against; other sizes are resized by the pipeline.
+        decode: fully decode every tile in the pre-flight check (slower; catches more JPEG damage).
+        with_test: also list and check the test folder (evaluation).
+        demo_patients: patients of the demo set.
+        demo_tiles_per_patient: tiles per demo patient.
+
+    Returns:
+        The :class:`MSIDatalists`.
+    """
+    look_up_option(balance, _BALANCING)
+    is_demo = dataset_dir is None or str(dataset_dir) == ""
+    if is_demo:
+        root = ensure_msi_demo(
+            Path(cache_dir), num_patients=demo_patients, tiles_per_patient=demo_tiles_per_patient, seed=0
+        )
+    else:
+        root = Path(str(dataset_dir)).expanduser()
+    tiles, report = check_tiles(kather_datalist(root, "train", cohort), expected_size=expected_size, decode=decode)
+    train, val = split_by_patient(tiles, val_fraction=val_fraction, seed=seed)
+    if balance == "undersample":
+        train = undersample(train, seed=seed)
+    test: list[dict[str, Any]] = []
+    if with_test:
+        try:
+            test, _ = check_tiles(kather_datalist(root, "test", cohort), expected_size=expected_size, decode=decode)
+        except (ValueError, DatasetLayoutError) as err:
+            logger.warning("No test split (%s); evaluation falls back to the validation split.", err)
+    logger.info(
+        "MSI data from %s: %d train / %d validation tiles (%d / %d patients)%s.",
+        root,
+        len(train),
+        len(val),
+        len({t["patient"] for t in train}),
+        len({t["patient"] for t in val}),
+        f", {len(test)} test tiles" if with_test else "",
+    )
+    return MSIDatalists(root=root, is_demo=is_demo, train=train, val=val, test=test, report=report)
+
+
+def tile_datalist(folder: str | Path, expected_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Every image tile under ``folder`` (recursively, sorted), checked like training tiles, for inference.
+
+    Args:
+        folder: any folder of tiles (PNG, JPEG, TIFF, ...); class sub-folders are allowed and ignored.
+        expected_size: tile size to count deviations against (they are resized anyway).
+
+    Returns:
+        ``[{"image": path, "patient": id}, ...]`` for the readable tiles; unreadable files are skipped and counted.
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist or holds no image file.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset_dir {root} is not a folder.")
+    paths = sorted(p for p in root.rglob("*") if is_image_file(p) and p.is_file())
+    if not paths:
+        raise FileNotFoundError(f"dataset_dir {root} holds no image tiles ({', '.join(IMAGE_SUFFIXES)}).")
+    items = [{"image": str(p), "patient": patient_id_from_path(p)} for p in paths]
+    clean, _ = check_tiles(items, expected_size=expected_size)
+    return clean

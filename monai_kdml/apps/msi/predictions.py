@@ -1,0 +1,101 @@
+"""Inference output of the deployed student ensemble: per-tile MSI probability and disagreement, per-patient scores."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from ignite.engine import Events
+from monai.engines.utils import IterationEvents
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from monai_kdml.apps.msi.patients import PATIENT_KEY, patient_level_scores
+from monai_kdml.metrics import student_disagreement
+from monai_kdml.networks.ensemble import StudentEnsemble
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["TilePredictionWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class TilePredictionWriter:
+    """Write ``tiles.csv`` (path, patient, probability, disagreement) and ``patients.csv`` after an inference run.
+
+    The students' own logits are captured with forward hooks while the ensemble runs, so the disagreement costs no
+    second forward pass.
+
+    Args:
+        output_dir: folder of the CSV files.
+        ensemble: the :class:`~monai_kdml.networks.StudentEnsemble` the evaluator runs.
+        positive_class: class whose probability is written (1 = MSI).
+        patient_key: batch key of the datalist's patient ids.
+        pred_key: output key of the ensemble's logits.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        ensemble: StudentEnsemble,
+        positive_class: int = 1,
+        patient_key: str = PATIENT_KEY,
+        pred_key: str = "pred",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.ensemble = ensemble
+        self.positive_class = positive_class
+        self.patient_key = patient_key
+        self.pred_key = pred_key
+        self._member_logits: list[torch.Tensor] = []
+        self._hooks: list[RemovableHandle] = []
+        self._rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(IterationEvents.MODEL_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def _start(self, _engine: Engine) -> None:
+        self._rows.clear()
+        self._member_logits.clear()
+        self._hooks = [s.register_forward_hook(self._record) for s in self.ensemble.students]
+
+    def _record(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        self._member_logits.append(output.detach())
+
+    def _collect(self, engine: Engine) -> None:
+        members, self._member_logits = self._member_logits, []
+        disagreement = student_disagreement(members).reshape(-1).tolist()
+        output: Any = engine.state.output
+        batch: Any = engine.state.batch  # decollated by MONAI at MODEL_COMPLETED, like the output
+        items = output if isinstance(output, list) else [output]
+        samples = batch if isinstance(batch, list) else [batch]
+        for item, sample, d in zip(items, samples, disagreement, strict=True):
+            prob = torch.softmax(torch.as_tensor(item[self.pred_key]).float().reshape(-1), dim=0)[self.positive_class]
+            path = str(item["image"].meta["filename_or_obj"])
+            patient = str(sample.get(self.patient_key, ""))
+            self._rows.append(
+                {"path": path, "patient_id": patient, "probability": float(prob), "disagreement": float(d)}
+            )
+
+    def __call__(self, _engine: Engine) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        patients = patient_level_scores([r["patient_id"] for r in self._rows], [r["probability"] for r in self._rows])
+        with (self.output_dir / "tiles.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["path", "patient_id", "probability", "disagreement"])
+            writer.writeheader()
+            writer.writerows(self._rows)
+        with (self.output_dir / "patients.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["patient_id", "num_tiles", "probability"])
+            writer.writeheader()
+            writer.writerows(patients)
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        logger.info("Wrote %d tile and %d patient predictions to %s.", len(self._rows), len(patients), self.output_dir)

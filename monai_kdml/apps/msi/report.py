@@ -1,0 +1,135 @@
+"""Evaluation report of a tile classifier: ROC curves (tile and patient level), per-tile scores, a markdown summary."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import ignite.distributed as idist
+from ignite.engine import Events
+
+from monai_kdml.apps.msi.patients import PATIENT_KEY, PatientScoreOutput, patient_level_scores
+from monai_kdml.keys import pred_key
+from monai_kdml.metrics import compression_table, plot_roc_curves
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
+
+__all__ = ["ClassificationReport"]
+
+logger = logging.getLogger(__name__)
+
+_COLUMNS = ("auc", "patient_auc", "acc", "bacc", "f1")
+
+
+class ClassificationReport:
+    """Collect every network's positive-class probability per tile during one evaluation and write, at the end:
+
+    - ``tile_scores.csv``: path, patient, label and each network's probability;
+    - ``patient_scores.csv``: the mean probability per patient for each network (the clinical end point);
+    - ``roc_tiles.png`` and ``roc_patients.png``: ROC curves of the ensemble, the teacher and each student;
+    - ``summary.md``: the metrics table (from ``engine.state.metrics``), the students' disagreement and the
+      compression figures (parameters and MACs, teacher vs ensemble).
+
+    Args:
+        output_dir: folder for the files.
+        network_names: e.g. ``monai_kdml.keys.network_names(K)``.
+        num_classes: classes of the logits.
+        positive_class: the class scored (1 = MSI).
+        patient_key: output key of the patient ids (``KDMLEvaluator(batch_keys=[patient_key])``).
+        compression: a :func:`monai_kdml.metrics.compression_summary` dict, or ``None``.
+        title: first heading of ``summary.md``.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        network_names: Sequence[str],
+        num_classes: int = 2,
+        positive_class: int = 1,
+        patient_key: str = PATIENT_KEY,
+        compression: Mapping[str, Any] | None = None,
+        title: str = "Evaluation",
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.names = list(network_names)
+        self.transforms = {
+            n: PatientScoreOutput(pred_key(n), num_classes, positive_class, patient_key) for n in self.names
+        }
+        self.compression = compression
+        self.title = title
+        self._rows: dict[str, list] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _reset(self, _engine: Engine) -> None:
+        self._rows = {"path": [], "patient": [], "label": [], **{n: [] for n in self.names}}
+
+    def _collect(self, engine: Engine) -> None:
+        for i, name in enumerate(self.names):
+            tiles, patients, probs, labels = self.transforms[name](engine.state.output)
+            if i == 0:
+                self._rows["path"] += tiles if tiles is not None else [""] * len(patients)
+                self._rows["patient"] += patients
+                self._rows["label"] += labels.tolist()
+            self._rows[name] += probs.tolist()
+
+    def __call__(self, engine: Engine) -> None:
+        # per-rank lists joined on every rank (a collective: every rank must call it)
+        rows: dict[str, list] = {k: _gather(v) for k, v in self._rows.items()}
+        if idist.get_rank() != 0:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        paths, labels = [str(p) for p in rows["path"]], rows["label"]
+        patients = {n: patient_level_scores(rows["patient"], rows[n], labels) for n in self.names}
+        self._write_tiles(paths, labels, rows)
+        self._write_patients(patients)
+        plot_roc_curves({n: (labels, rows[n]) for n in self.names}, self.output_dir / "roc_tiles.png", "Tile level")
+        if len({r["label"] for r in patients[self.names[0]]}) == 2:
+            curves = {n: ([r["label"] for r in p], [r["probability"] for r in p]) for n, p in patients.items()}
+            plot_roc_curves(curves, self.output_dir / "roc_patients.png", "Patient level (mean tile probability)")
+        (self.output_dir / "summary.md").write_text(self._summary(engine, len(paths), len(patients[self.names[0]])))
+        logger.info("Evaluation report written to %s.", self.output_dir)
+
+    def _write_tiles(self, paths: list[str], labels: list, rows: dict) -> None:
+        with (self.output_dir / "tile_scores.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "patient_id", "label", *(f"p_{n}" for n in self.names)])
+            for i, path in enumerate(paths):
+                writer.writerow([path, rows["patient"][i], labels[i], *(f"{rows[n][i]:.6f}" for n in self.names)])
+
+    def _write_patients(self, patients: dict[str, list[dict]]) -> None:
+        first = patients[self.names[0]]
+        with (self.output_dir / "patient_scores.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["patient_id", "num_tiles", "label", *(f"p_{n}" for n in self.names)])
+            for i, row in enumerate(first):
+                probs = [f"{patients[n][i]['probability']:.6f}" for n in self.names]
+                writer.writerow([row["patient_id"], row["num_tiles"], row.get("label", ""), *probs])
+
+    def _summary(self, engine: Engine, num_tiles: int, num_patients: int) -> str:
+        metrics = engine.state.metrics
+        lines = [f"# {self.title}", "", f"{num_tiles} tiles from {num_patients} patients.", ""]
+        lines += ["| network | " + " | ".join(_COLUMNS) + " |", "|---|" + "---:|" * len(_COLUMNS)]
+        for name in self.names:
+            values = [metrics.get(f"{name}_{c}") for c in _COLUMNS]
+            lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{float(v):.3f}" for v in values) + " |")
+        if "disagreement" in metrics:
+            lines += ["", f"Students' disagreement (mean total variation to their mean): {metrics['disagreement']:.4f}"]
+        if self.compression is not None:
+            lines += ["", "## Compression", "", compression_table(dict(self.compression))]
+        lines += ["", "ROC curves: `roc_tiles.png`, `roc_patients.png`; `tile_scores.csv`, `patient_scores.csv`."]
+        return "\n".join(lines) + "\n"
+
+
+def _gather(values: list) -> list:
+    if idist.get_world_size() == 1:
+        return values
+    # a list is gathered as an object: one list per rank, concatenated here in rank order
+    return [v for part in cast(list[list], idist.all_gather(values)) for v in part]

@@ -1,0 +1,196 @@
+"""Everything the polyp bundle needs from the data in one call: demo or real frames, checked, split by image id.
+
+:func:`prepare_polyp_datalists` resolves the frames (the generated demo set when no ``dataset_dir`` is given),
+runs the pre-flight check of :func:`monai_kdml.apps.polyp.kvasir.kvasir_preflight` once, logs its summary and makes a
+seeded train/validation/test split by image id, before any network is built. :func:`polyp_inference_datalist`
+lists (and checks) a plain folder of frames for inference.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
+from monai_kdml.apps.polyp.kvasir import PreflightReport, kvasir_preflight, require_frames, split_by_id
+from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, inspect_image, is_image_file
+
+__all__ = ["PolypDatalists", "polyp_inference_datalist", "prepare_polyp_datalists"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PolypDatalists:
+    """Train/validation/test datalists of one run (items of :func:`monai_kdml.apps.polyp.kvasir.kvasir_datalist`).
+
+    Args:
+        root: the data set folder that was read.
+        is_demo: whether ``root`` is the generated demo set.
+        train: training frames.
+        val: validation frames (model selection).
+        test: held-out frames, never seen by training or model selection (``evaluate.json`` scores them).
+        report: the pre-flight check of ``root``.
+    """
+
+    root: Path
+    is_demo: bool
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    report: PreflightReport
+
+
+def prepare_polyp_datalists(
+    dataset_dir: str | Path | None,
+    cache_dir: str | Path,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    boxes_file: str | None = "kavsir_bboxes.json",
+    min_box_size: float = 10.0,
+    keep_empty: bool = True,
+    classes: Sequence[str] = ("polyp",),
+    max_images: int | None = None,
+    demo_images: int = 200,
+    demo_image_size: int = 288,
+) -> PolypDatalists:
+    """Resolve the frames (the synthetic demo when ``dataset_dir`` is None), check every one, split by image id.
+
+    Args:
+        dataset_dir: a Kvasir-SEG folder or a generic one (layouts in :mod:`monai_kdml.apps.polyp.kvasir`), or ``None``
+            (or ``""``) for the demo set generated once under ``cache_dir`` (a WARNING says so on every run).
+        cache_dir: where the demo set is cached.
+        val_fraction: share of image ids for validation.
+        test_fraction: share of image ids held out for testing.
+        seed: seed of the split (and of the ``max_images`` subset); the split does not depend on file order.
+        images_dir, masks_dir, boxes_file, min_box_size, keep_empty, classes: see
+            :func:`monai_kdml.apps.polyp.kvasir.kvasir_datalist`.
+        max_images: keep a seeded random subset of this many frames before splitting (quick runs); ``None``: all.
+        demo_images: frames of the demo set.
+        demo_image_size: longest side of the demo frames, pixels.
+
+    Returns:
+        The :class:`PolypDatalists`.
+
+    Raises:
+        FileNotFoundError: ``dataset_dir`` missing, without images, or without any box source.
+        ValueError: no usable frame, a bad annotation file, a bad fraction or ``max_images`` < 3.
+    """
+    is_demo = dataset_dir is None or str(dataset_dir) == ""
+    if is_demo:
+        root = ensure_polyp_demo(Path(cache_dir), num_images=demo_images, image_size=demo_image_size, seed=0)
+    else:
+        root = Path(str(dataset_dir)).expanduser()
+    datalist, report = kvasir_preflight(
+        root,
+        images_dir=images_dir,
+        masks_dir=masks_dir,
+        boxes_file=boxes_file,
+        min_box_size=min_box_size,
+        keep_empty=keep_empty,
+        classes=classes,
+    )
+    require_frames(root, datalist, report)
+    if max_images is not None:
+        datalist = _subset(datalist, max_images, seed)
+    train, val, test = split_by_id(datalist, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    logger.info(
+        "Polyp data from %s%s: %d train / %d validation / %d test frames (%d / %d / %d boxes).",
+        root,
+        " (SYNTHETIC DEMO)" if is_demo else "",
+        len(train),
+        len(val),
+        len(test),
+        *(sum(len(item["box"]) for item in part) for part in (train, val, test)),
+    )
+    return PolypDatalists(root=root, is_demo=is_demo, train=train, val=val, test=test, report=report)
+
+
+def _subset(datalist: list[dict[str, Any]], max_images: int, seed: int) -> list[dict[str, Any]]:
+    """A seeded random ``max_images`` frames, in their original order."""
+    if max_images < 3:
+        raise ValueError(f"max_images must be >= 3 (one frame per split at least), got {max_images}")
+    if max_images >= len(datalist):
+        return datalist
+    keep = np.sort(np.random.default_rng(seed).permutation(len(datalist))[:max_images])
+    return [datalist[int(i)] for i in keep]
+
+
+def polyp_inference_datalist(
+    folder: str | Path | None, cache_dir: str | Path | None = None, recursive: bool = False, demo_images: int = 8
+) -> list[dict[str, Any]]:
+    """``[{"image": path, "id": name}, ...]`` for the frames in ``folder``, each decoded once beforehand.
+
+    A folder holding no frame but an ``images/`` sub-folder (a Kvasir-SEG root) is read through it. Frames that do
+    not decode are skipped and counted in one WARNING naming them; ``id`` is the path relative to the folder read,
+    without its suffix (unique even with ``recursive``).
+
+    Args:
+        folder: a folder of frames (suffixes of :data:`monai_kdml.data.IMAGE_SUFFIXES`); ``None`` or ``""``:
+            ``demo_images`` synthetic frames generated once under ``cache_dir`` (logged as a WARNING).
+        cache_dir: where the synthetic frames go when ``folder`` is not given.
+        recursive: also list sub-folders.
+        demo_images: number of synthetic frames.
+
+    Returns:
+        The datalist, sorted by path.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing or holds no frame that decodes.
+        ValueError: neither ``folder`` nor ``cache_dir`` given.
+    """
+    if folder is None or str(folder) == "":
+        folder = _demo_frames(cache_dir, demo_images)
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder {str(root)!r} does not exist or is not a folder")
+    paths = _frame_paths(root, recursive)
+    if not paths and (root / "images").is_dir():
+        root = root / "images"
+        paths = _frame_paths(root, recursive)
+    items, corrupt = [], []
+    for path in paths:
+        try:
+            inspect_image(path)
+        except ImageFileError as err:
+            corrupt.append(str(err))
+            continue
+        items.append({"image": str(path), "id": path.relative_to(root).with_suffix("").as_posix()})
+    if corrupt:
+        logger.warning(
+            "%d of %d frames in %s do not decode and are skipped: %s", len(corrupt), len(paths), root, corrupt
+        )
+    if not items:
+        raise FileNotFoundError(
+            f"input folder {str(root)!r}: no frame that decodes ({', '.join(IMAGE_SUFFIXES)}; {len(paths)} found)"
+        )
+    logger.info("Inference on %d frames from %s.", len(items), root)
+    return items
+
+
+def _frame_paths(root: Path, recursive: bool) -> list[Path]:
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if is_image_file(p) and p.is_file())
+
+
+def _demo_frames(cache_dir: str | Path | None, num_images: int) -> Path:
+    """A folder of ``num_images`` synthetic frames under ``cache_dir`` (generated on first use)."""
+    if cache_dir is None:
+        raise ValueError("polyp_inference_datalist: give an input `folder` (or a `cache_dir` for synthetic frames)")
+    folder = Path(cache_dir) / f"polyp_inference_demo_n{num_images}"
+    logger.warning(
+        "No input folder given: running inference on %d SYNTHETIC demo frames in %s; pass dataset_dir=<folder>.",
+        num_images,
+        folder / "images",
+    )
+    if len(_frame_paths(folder / "images", False)) != num_images:
+        make_polyp_demo(folder, num_images, image_size=288, seed=12345)  # a seed the training demo never uses
+    return folder / "images"

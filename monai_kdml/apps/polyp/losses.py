@@ -1,0 +1,228 @@
+"""Detection losses: RetinaNet ground truth, distillation from a teacher (KD) and mutual learning between peers (ML).
+
+RetinaNet scores every anchor ``a`` and class ``c`` with an independent sigmoid (no background class), so the
+distillation target is a Bernoulli per anchor and class: ``p = sigmoid(z / T)``. Notation below: ``t`` = the target
+network (the teacher for KD, a peer for ML; always detached), ``s`` = the student being trained, ``N`` = number of
+GT-positive (ATSS-matched) anchors in the batch, counting at least one per image.
+
+- classification: ``T^2 / max(N, sum w) * sum_{a,c} w * KL(Bern(p_t) || Bern(p_s))`` with the detached anchor weight
+  ``w = |p_t - p_s|^gamma`` (:func:`sigmoid_distillation`);
+- box regression: mean smooth-L1 between the student's and the target's box deltas over anchors that are
+  GT-positive or where the target is confident, ``max_c sigmoid(z_t) > threshold`` (:func:`box_distillation`).
+
+Why the ``|p_t - p_s|^gamma`` factor: ~99 % of anchors are easy background where both networks say ~0.01; their
+KL is tiny per anchor but, summed over thousands of anchors, plain KL matches the signal of the few object anchors.
+The factor (the modulating term of Quality Focal Loss, Li et al., NeurIPS 2020, with the teacher's probability as the
+soft label) makes agreeing anchors nearly silent, keeps anchors where the two networks disagree (missed objects and
+false positives alike), and is zero while an online teacher is still at its prior. It is detached: it only weighs.
+
+Why ``max(N, sum w)``: while the two networks disagree on a few anchors (``sum w < N``) the term is normalised like
+RetinaNet's focal loss, by the positives. When they disagree broadly, e.g. on the background level of a whole image,
+a sum over tens of thousands of anchors divided by a few positives pushes every shared head weight with a gain of
+``#anchors / N``; two peers pulling at each other with that gain overshoot and diverge (seen: the ``gpu`` preset's
+ResNet18 peers, ML term 0.5 -> 490 in one SGD step). Dividing by the effective number of disagreeing anchors
+``sum w`` then turns the term into a weighted mean, whose gradient on any shared logit offset is at most ``T``.
+
+The ground-truth part and the anchor matching are in :mod:`monai_kdml.apps.polyp.gt_loss`.
+Reference: Niyaz & Bathula, ISBI 2022 (KD + ML); Lin et al., ICCV 2017 (RetinaNet); Zhang et al., CVPR 2020 (ATSS).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from monai_kdml.apps.polyp.gt_loss import RetinaNetGTLoss, graph_zero
+
+__all__ = [
+    "DetectionKDMLLoss",
+    "box_distillation",
+    "distillation_anchor_mask",
+    "sigmoid_distillation",
+    "sigmoid_kl_div",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def sigmoid_kl_div(student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Element-wise ``KL(Bern(p_t) || Bern(p_s))`` with ``p = sigmoid(z / T)``; the target is detached.
+
+    ``KL = p_t (log p_t - log p_s) + (1 - p_t) (log(1 - p_t) - log(1 - p_s))``, from ``logsigmoid`` so extreme logits
+    stay finite. Shapes are preserved; not scaled by ``T^2``.
+    """
+    z_s = student_logits.float() / temperature
+    z_t = target_logits.detach().float() / temperature
+    p_t = torch.sigmoid(z_t)
+    return p_t * (F.logsigmoid(z_t) - F.logsigmoid(z_s)) + (1 - p_t) * (F.logsigmoid(-z_t) - F.logsigmoid(-z_s))
+
+
+def sigmoid_distillation(
+    student_logits: Tensor,
+    target_logits: Tensor,
+    temperature: float = 1.0,
+    gamma: float = 2.0,
+    min_normalizer: float = 1.0,
+) -> Tensor:
+    """Focal-weighted sigmoid distillation ``T^2 / max(N, sum w) * sum w * KL(Bern(p_t) || Bern(p_s))``.
+
+    ``p = sigmoid(z / T)``, ``w = |p_t - p_s|^gamma`` (detached), sums over all elements (anchors and classes).
+
+    Args:
+        student_logits: ``(B, A, C)`` classification logits (any shape); receives the gradient.
+        target_logits: same shape; teacher or peer logits, never differentiated.
+        temperature: ``T > 0``.
+        gamma: ``>= 0``; 0 gives ``w = 1``, i.e. the mean KL over elements (when there are more than ``N``).
+        min_normalizer: ``N > 0``, the normaliser's floor (e.g. the number of positive anchors).
+
+    Returns:
+        A scalar.
+    """
+    kl = sigmoid_kl_div(student_logits, target_logits, temperature)
+    p_s = torch.sigmoid(student_logits.detach().float() / temperature)
+    p_t = torch.sigmoid(target_logits.detach().float() / temperature)
+    weight = (p_t - p_s).abs().pow(gamma)
+    return (weight * kl).sum() * temperature**2 / weight.sum().clamp(min=min_normalizer)
+
+
+def distillation_anchor_mask(positive: Tensor, target_logits: Tensor, threshold: float) -> Tensor:
+    """Anchors whose boxes are distilled, ``(B, A)`` bool: ``positive | max_c sigmoid(z_t) > threshold``.
+
+    ``positive``: ``(B, A)`` GT-matched anchors; ``target_logits``: ``(B, A, C)``, at ``T = 1``; ``threshold >= 1``
+    keeps the positives only.
+    """
+    confident = torch.sigmoid(target_logits.detach().float()).amax(dim=-1) > threshold
+    return positive | confident
+
+
+def box_distillation(student_deltas: Tensor, target_deltas: Tensor, mask: Tensor, beta: float = 1.0 / 9) -> Tensor:
+    """``mean_{a in mask, j} smoothL1_beta(d_s[a, j] - d_t[a, j])``; the target is detached.
+
+    Args:
+        student_deltas: ``(B, A, 2 * spatial_dims)`` encoded box deltas; receives the gradient.
+        target_deltas: same shape, never differentiated.
+        mask: ``(B, A)`` bool, anchors to distil.
+        beta: smooth-L1 transition point (MONAI's RetinaNet default ``1/9``).
+
+    Returns:
+        A scalar; an exact zero that keeps the graph when ``mask`` is empty.
+    """
+    if not bool(mask.any()):
+        return graph_zero(student_deltas)
+    return F.smooth_l1_loss(
+        student_deltas[mask].float(), target_deltas.detach()[mask].float(), beta=beta, reduction="mean"
+    )
+
+
+class DetectionKDMLLoss(nn.Module):
+    """Loss of one teacher and ``K`` student RetinaNets trained together (GT + KD + ML), as a dict of named terms.
+
+    Per network (unweighted terms, all scalars):
+
+    - teacher: ``cls``, ``box`` (its GT loss, :class:`RetinaNetGTLoss`); ``loss = gt_weight * (cls + box)``;
+    - student ``k``: ``cls``, ``box``; ``kd_cls``, ``kd_box`` against the detached teacher; ``ml_cls``, ``ml_box``
+      averaged over the ``K - 1`` detached peers; ``loss = gt_weight * (cls + box) + kd_weight * (kd_cls + kd_box)
+      + ml_weight * (ml_cls + ml_box)``.
+
+    Anchors are matched once per batch (every network shares the spec) and the image size comes from the head-output
+    shapes and ``spec.strides``, so images may change size between batches. Because targets are detached, one
+    backward of ``out["loss"] + out["teacher"]["loss"]`` equals separate backwards of each network's loss.
+    Weights, temperature and thresholds are plain attributes: a warm-up handler may change them between iterations.
+
+    Args:
+        gt_loss: ground-truth loss and anchor matching for the shared spec.
+        gt_weight, kd_weight, ml_weight: term weights.
+        temperature: ``T`` of the classification terms.
+        gamma: exponent of the detached anchor weight ``|p_t - p_s|^gamma`` (0: every anchor weighs 1).
+        box_threshold: a target's box deltas are also distilled where its score exceeds this (``>= 1``: GT-positive
+            anchors only).
+        box_beta: smooth-L1 ``beta`` of the box terms.
+    """
+
+    def __init__(
+        self,
+        gt_loss: RetinaNetGTLoss,
+        gt_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        ml_weight: float = 1.0,
+        temperature: float = 1.0,
+        gamma: float = 2.0,
+        box_threshold: float = 0.5,
+        box_beta: float = 1.0 / 9,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0 or gamma < 0 or box_beta <= 0:
+            raise ValueError(f"need temperature > 0, gamma >= 0, box_beta > 0; got {temperature}, {gamma}, {box_beta}.")
+        self.gt_loss = gt_loss
+        self.gt_weight, self.kd_weight, self.ml_weight = gt_weight, kd_weight, ml_weight
+        self.temperature, self.gamma = temperature, gamma
+        self.box_threshold, self.box_beta = box_threshold, box_beta
+
+    def forward(
+        self,
+        student_outputs: list[dict],
+        teacher_output: dict | None,
+        targets: list[dict[str, Tensor]],
+        *,
+        use_kd: bool = True,
+        use_ml: bool = True,
+    ) -> dict:
+        """Loss terms of every network.
+
+        Args:
+            student_outputs: ``K`` RetinaNet head outputs ``{cls_key: [(B, A*C, H_l, W_l)], box_reg_key: [...]}``.
+            teacher_output: the teacher's head output, or ``None`` (no teacher terms, no KD).
+            targets: per image ``{"box": (M, 4) float xyxy pixels, "label": (M,) int64}``; ``M`` may be 0.
+            use_kd: add the KD terms (ignored without a teacher).
+            use_ml: add the ML terms; needs ``K >= 2``.
+
+        Returns:
+            ``{"loss": sum of the students' totals, "students": {"loss": [K], "<term>": [K], ...},
+            "teacher": {"loss", "cls", "box"}}`` (``"teacher"`` only when ``teacher_output`` is given).
+
+        Raises:
+            ValueError: no students, ML with fewer than two, or outputs/targets that do not fit the spec.
+        """
+        # 1. Validate the switches against what was given.
+        num_students = len(student_outputs)
+        if num_students == 0:
+            raise ValueError("`student_outputs` is empty: DetectionKDMLLoss needs at least one student.")
+        if use_ml and num_students < 2:
+            raise ValueError(f"mutual learning (use_ml=True) needs at least 2 students, got {num_students}.")
+        # 2. Match anchors with the targets once: all networks share anchors.
+        match = self.gt_loss.match(student_outputs[0], targets)
+        positive, norm = match.positive, match.normalizer
+        # 3. Flatten every head output to (B, A, C) logits and (B, A, 2D) deltas.
+        students = [self.gt_loss.flatten(o) for o in student_outputs]
+        # 4. Teacher: its own GT loss.
+        out: dict = {"students": {}}
+        teacher = self.gt_loss.flatten(teacher_output) if teacher_output is not None else None
+        if teacher is not None:
+            terms = self.gt_loss.compute(*teacher, match)
+            out["teacher"] = {"loss": self.gt_weight * (terms["cls"] + terms["box"]), **terms}
+        # 5. Students: GT, + KD to the detached teacher, + ML to the detached peers.
+        thr = self.box_threshold
+        box_masks = [distillation_anchor_mask(positive, logits, thr) for logits, _ in students] if use_ml else []
+        teacher_mask = distillation_anchor_mask(positive, teacher[0], thr) if use_kd and teacher is not None else None
+        for k, (cls, box) in enumerate(students):
+            terms = self.gt_loss.compute(cls, box, match)
+            total = self.gt_weight * (terms["cls"] + terms["box"])
+            if teacher is not None and teacher_mask is not None:
+                terms["kd_cls"] = sigmoid_distillation(cls, teacher[0], self.temperature, self.gamma, norm)
+                terms["kd_box"] = box_distillation(box, teacher[1], teacher_mask, self.box_beta)
+                total = total + self.kd_weight * (terms["kd_cls"] + terms["kd_box"])
+            if use_ml:
+                peers = [j for j in range(num_students) if j != k]
+                ml_cls = [sigmoid_distillation(cls, students[j][0], self.temperature, self.gamma, norm) for j in peers]
+                ml_box = [box_distillation(box, students[j][1], box_masks[j], self.box_beta) for j in peers]
+                terms["ml_cls"] = torch.stack(ml_cls).mean()
+                terms["ml_box"] = torch.stack(ml_box).mean()
+                total = total + self.ml_weight * (terms["ml_cls"] + terms["ml_box"])
+            for name, value in {"loss": total, **terms}.items():
+                out["students"].setdefault(name, []).append(value)
+        # 6. The backpropagated total of the students (the trainer adds the teacher's own loss when it trains it).
+        out["loss"] = torch.stack(out["students"]["loss"]).sum()
+        return out

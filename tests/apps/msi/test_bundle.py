@@ -1,0 +1,164 @@
+"""The MSI bundle through MONAI's own entry points, on tiny overrides: train, resume, evaluate, infer, export, DDP."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+
+from monai_kdml.networks import StudentEnsemble, build_network
+
+TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def trained(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny 2-epoch demo run shared by the tests that need trained weights."""
+    root = tmp_path_factory.mktemp("msi")
+    msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "2", *TINY)
+    return root
+
+
+def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
+    for name in ("model.pt", "best_networks.pt", "checkpoint_final.pt", "checkpoint_epoch=2.pt"):
+        assert (trained / "models" / name).is_file(), name
+    assert list((trained / "eval").glob("events.out.tfevents.*"))
+    with (trained / "eval" / "metrics_history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for net in ("teacher", "student_0", "student_1", "ensemble"):
+        for metric in ("auc", "acc", "bacc", "f1", "patient_auc"):
+            assert 0.0 <= float(rows[-1][f"{net}_{metric}"]) <= 1.0
+    assert "disagreement" in rows[-1]
+    # model.pt is the deployable ensemble: it loads into a fresh StudentEnsemble of the demo preset
+    ensemble = StudentEnsemble([build_network("resnet10_slim") for _ in range(2)])
+    ensemble.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+
+
+def test_demo_data_is_announced_and_cached(msi_bundle, trained: Path, tmp_path: Path) -> None:
+    demo = trained / ".cache" / "msi_demo"
+    assert (demo / "CRC_DX_TRAIN" / "MSIMUT").is_dir() and (demo / "CRC_DX_TEST" / "MSS").is_dir()
+    out = msi_bundle.cli(
+        "--bundle_root", str(tmp_path), "--cache_dir", str(trained / ".cache"), "--max_epochs", "1", *TINY
+    )
+    log = out.stdout + out.stderr
+    assert "SYNTHETIC DEMO DATA" in log
+    assert "Generating synthetic MSI demo tiles" not in log  # reused from the cache
+
+
+def test_resume_continues_from_last_checkpoint(msi_bundle, tmp_path: Path) -> None:
+    msi_bundle.cli("--bundle_root", str(tmp_path), "--max_epochs", "1", *TINY)
+    out = msi_bundle.cli("--bundle_root", str(tmp_path), "--max_epochs", "2", "--resume", "true", *TINY)
+    log = out.stdout + out.stderr
+    assert "Resuming from" in log
+    assert "Epoch: 1/2" not in log and "Epoch: 2/2" in log  # epoch 1 is not trained again
+    state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
+    assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
+
+
+def test_evaluate_writes_report(msi_bundle, trained: Path) -> None:
+    msi_bundle.cli("--bundle_root", str(trained), *TINY, config=["train.json", "evaluate.json"])
+    report = trained / "eval" / "test"
+    for name in ("summary.md", "roc_tiles.png", "roc_patients.png", "tile_scores.csv", "patient_scores.csv"):
+        assert (report / name).is_file(), name
+    summary = (report / "summary.md").read_text()
+    assert "| ensemble |" in summary and "teacher / ensemble" in summary and "DEMO" in summary
+    with (report / "tile_scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    test_tiles = list((trained / ".cache" / "msi_demo" / "CRC_DX_TEST").rglob("*.png"))
+    assert len(rows) == len(test_tiles) > 0
+
+
+def test_inference_writes_tile_and_patient_csv(msi_bundle, trained: Path, tmp_path: Path) -> None:
+    out_dir = tmp_path / "inference"
+    msi_bundle.cli(
+        "--bundle_root", str(trained), "--image_size", "32", "--output_dir", str(out_dir), config="inference.json"
+    )
+    with (out_dir / "tiles.csv").open() as f:
+        tiles = list(csv.DictReader(f))
+    with (out_dir / "patients.csv").open() as f:
+        patients = list(csv.DictReader(f))
+    assert tiles and all(0 <= float(t["probability"]) <= 1 and 0 <= float(t["disagreement"]) <= 0.5 for t in tiles)
+    assert {p["patient_id"] for p in patients} == {t["patient_id"] for t in tiles}
+    assert all(t["patient_id"].startswith("TCGA-") for t in tiles)
+
+
+def test_export_torchscript_matches(msi_bundle, trained: Path, tmp_path: Path) -> None:
+    ts = tmp_path / "ensemble.ts"
+    msi_bundle.cli(
+        "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"),
+        "--meta_file", str(msi_bundle.dir / "metadata.json"),
+        config="inference.json", command="ckpt_export network_def", timeout=300,
+    )  # fmt: skip
+    scripted = torch.jit.load(str(ts))
+    ensemble = StudentEnsemble([build_network("resnet10_slim") for _ in range(2)]).eval()
+    ensemble.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(scripted(x), ensemble(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "inference")])
+def test_check_properties(msi_bundle, config: str, kind: str) -> None:
+    workflow = ConfigWorkflow(config_file=str(msi_bundle.dir / config), workflow_type=kind, logging_file=False)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_metadata_and_network_io(msi_bundle) -> None:
+    verify_metadata(
+        meta_file=str(msi_bundle.dir / "metadata.json"),
+        filepath=str(msi_bundle.dir.parent / "schema/meta_schema_20240725.json"),
+    )
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(msi_bundle.dir / "metadata.json"),
+        config_file=str(msi_bundle.dir / "inference.json"),
+    )
+
+
+def test_two_process_gloo_run(msi_bundle, tmp_path: Path) -> None:
+    out = msi_bundle.cli(
+        "--bundle_root", str(tmp_path), "--max_epochs", "2", *TINY, "--batch_size", "4",
+        config=["train.json", "multi_gpu_train.json"], torchrun=2,
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert log.count("Epoch: 2/2, Iter: 1/") == 1  # only rank 0 logs
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2  # trainer + evaluator, rank 0 only
+    # the saved ensemble is unwrapped from DDP: plain keys, loads into the bundle's network_def
+    state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert not any(".module." in k for k in state)
+    StudentEnsemble([build_network("resnet10_slim") for _ in range(2)]).load_state_dict(state)
+
+
+class TestBadInput:
+    def test_missing_dataset_dir(self, msi_bundle, tmp_path: Path) -> None:
+        out = msi_bundle.cli("--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "nope"), check=False)
+        assert out.returncode != 0 and f"{tmp_path / 'nope'} does not exist" in out.stdout + out.stderr
+        assert not (tmp_path / "models").exists()  # failed before any training
+
+    def test_missing_class_folder(self, msi_bundle, tmp_path: Path) -> None:
+        (tmp_path / "data" / "MSIMUT").mkdir(parents=True)
+        (tmp_path / "data" / "MSIMUT" / "blk-AAAAAAAAAAAA-TCGA-AA-0001-01Z-00-DX1.png").write_bytes(b"x")
+        out = msi_bundle.cli("--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), check=False)
+        assert out.returncode != 0 and "missing the MSS class folder" in out.stdout + out.stderr
+
+    def test_unknown_mode_is_named(self, msi_bundle, tmp_path: Path) -> None:
+        out = msi_bundle.cli("--bundle_root", str(tmp_path), "--mode", "kdl", *TINY, check=False)
+        assert out.returncode != 0 and "`mode`" in out.stdout + out.stderr and "did you mean" in out.stdout + out.stderr
+
+
+def test_real_tiles_smoke(msi_bundle, shared_data: Path, tmp_path: Path) -> None:
+    """The bundle on the 72 real H&E tiles in Kather layout (single class-folder root, real patient split)."""
+    real_tiles = shared_data / "he-tiles-real"
+    if not real_tiles.is_dir():
+        pytest.skip(f"real H&E tiles not found at {real_tiles}")
+    out = msi_bundle.cli(
+        "--bundle_root", str(tmp_path), "--dataset_dir", str(real_tiles), "--preset", "demo", "--max_epochs", "1",
+        "--image_size", "32", "--batch_size", "16",
+    )  # fmt: skip
+    log = out.stdout + out.stderr
+    assert "SYNTHETIC" not in log and "kept 72 of 72 tiles" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
