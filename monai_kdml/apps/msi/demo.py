@@ -15,11 +15,8 @@ aggregation helps.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from monai_kdml.data.cache import cache_folder_is_complete, ensure_cache_folder
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -364,47 +363,12 @@ def make_msi_demo(
     return root
 
 
-def _marker_matches(root: Path, config: MSIDemoConfig) -> bool:
-    try:
-        marker = json.loads((root / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    tiles = sum(1 for _ in root.glob("CRC_DX_*/*/*.png"))
-    return marker == _marker(config) and tiles == config.num_patients * config.tiles_per_patient
-
-
 def _marker(config: MSIDemoConfig) -> dict:
     return {"generator": __name__, "version": GENERATOR_VERSION, "params": asdict(config)}
 
 
-def _remove_stale_temps(cache_dir: Path) -> None:
-    """Delete temp folders of interrupted runs (their pid, encoded in the name, no longer runs)."""
-    for path in cache_dir.glob(".msi_demo.tmp-*"):
-        try:
-            os.kill(int(path.name.split("-")[1]), 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # alive, owned by someone else
-            pass
-
-
-def _generate_into_place(target: Path, config: MSIDemoConfig) -> None:
-    """Generate in a temporary sibling folder, then rename it to ``target`` (atomic on one file system)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".msi_demo.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        make_msi_demo(tmp / "new", **asdict(config))
-        (tmp / "new" / MARKER).write_text(json.dumps(_marker(config), indent=1))
-        if target.exists():  # stale or other parameters: move it aside, a rename cannot replace a folder
-            target.rename(tmp / "old")
-        try:
-            (tmp / "new").rename(target)
-        except OSError:
-            if not _marker_matches(target, config):  # a concurrent caller won the rename with the same set: fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _has_every_tile(config: MSIDemoConfig) -> Callable[[Path], bool]:
+    return lambda root: sum(1 for _ in root.glob("CRC_DX_*/*/*.png")) == config.num_patients * config.tiles_per_patient
 
 
 def ensure_msi_demo(
@@ -432,9 +396,11 @@ def ensure_msi_demo(
     )
     cache_dir = Path(cache_dir).expanduser()
     target = cache_dir / "msi_demo"
-    if not _marker_matches(target, config):
+    if not cache_folder_is_complete(target, _marker(config), _has_every_tile(config), MARKER):
         logger.warning("Generating synthetic MSI demo tiles in %s ...", target)
-        _generate_into_place(target, config)
+        ensure_cache_folder(
+            target, _marker(config), lambda root: make_msi_demo(root, **asdict(config)), _has_every_tile(config), MARKER
+        )
     logger.warning(
         "\n%s\nSYNTHETIC DEMO DATA: training and evaluating on generated H&E look-alike tiles in\n  %s\n"
         "Their metrics say nothing about real histology; set dataset_dir to the Kather MSI data for real runs.\n%s",

@@ -26,7 +26,7 @@ from monai_kdml.apps.polyp.handlers import (
     draw_boxes,
 )
 from monai_kdml.apps.polyp.inference import RetinaNetInferer
-from monai_kdml.apps.polyp.kvasir import PreflightReport, kvasir_datalist, kvasir_preflight, split_by_id
+from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_datalist, kvasir_preflight, split_by_id
 from monai_kdml.apps.polyp.losses import (
     DetectionKDMLLoss,
     box_distillation,
@@ -66,6 +66,7 @@ __all__ = [
     "DetectionPreset",
     "DetectionSummaryWriter",
     "DetectorSpec",
+    "FrameLayout",
     "FuseDetectionsd",
     "NetworkConfig",
     "PolypDatalists",

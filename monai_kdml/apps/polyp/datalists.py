@@ -9,7 +9,6 @@ lists (and checks) a plain folder of frames for inference.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
-from monai_kdml.apps.polyp.kvasir import PreflightReport, kvasir_preflight, require_frames, split_by_id
+from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_preflight, require_frames, split_by_id
 from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, inspect_image, is_image_file
 
 __all__ = ["PolypDatalists", "polyp_inference_datalist", "prepare_polyp_datalists"]
@@ -52,12 +51,7 @@ def prepare_polyp_datalists(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
-    images_dir: str = "images",
-    masks_dir: str = "masks",
-    boxes_file: str | None = "kavsir_bboxes.json",
-    min_box_size: float = 10.0,
-    keep_empty: bool = True,
-    classes: Sequence[str] = ("polyp",),
+    layout: FrameLayout | None = None,
     max_images: int | None = None,
     demo_images: int = 200,
     demo_image_size: int = 288,
@@ -71,8 +65,7 @@ def prepare_polyp_datalists(
         val_fraction: share of image ids for validation.
         test_fraction: share of image ids held out for testing.
         seed: seed of the split (and of the ``max_images`` subset); the split does not depend on file order.
-        images_dir, masks_dir, boxes_file, min_box_size, keep_empty, classes: see
-            :func:`monai_kdml.apps.polyp.kvasir.kvasir_datalist`.
+        layout: where frames, masks and boxes are (:class:`monai_kdml.apps.polyp.FrameLayout`; default Kvasir-SEG's).
         max_images: keep a seeded random subset of this many frames before splitting (quick runs); ``None``: all.
         demo_images: frames of the demo set.
         demo_image_size: longest side of the demo frames, pixels.
@@ -89,15 +82,7 @@ def prepare_polyp_datalists(
         root = ensure_polyp_demo(Path(cache_dir), num_images=demo_images, image_size=demo_image_size, seed=0)
     else:
         root = Path(str(dataset_dir)).expanduser()
-    datalist, report = kvasir_preflight(
-        root,
-        images_dir=images_dir,
-        masks_dir=masks_dir,
-        boxes_file=boxes_file,
-        min_box_size=min_box_size,
-        keep_empty=keep_empty,
-        classes=classes,
-    )
+    datalist, report = kvasir_preflight(root, layout)
     require_frames(root, datalist, report)
     if max_images is not None:
         datalist = _subset(datalist, max_images, seed)

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from skimage import filters, measure, morphology, transform
+
+from monai_kdml.data.cache import ensure_cache_folder
 
 __all__ = ["DEMO_VERSION", "ensure_polyp_demo", "make_polyp_demo", "render_polyp_frame"]
 
@@ -248,28 +247,7 @@ def ensure_polyp_demo(cache_dir: str | Path, num_images: int = 200, image_size: 
         num_images,
         target,
     )
-    if _is_complete(target, params):
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".polyp_demo_tmp_", dir=cache_dir))
-    try:
-        make_polyp_demo(tmp, num_images, image_size=image_size, seed=seed)
-        (tmp / _MARKER).write_text(json.dumps(params))
-        if target.exists() and not _is_complete(target, params):
-            shutil.rmtree(target)  # our own stale or half-deleted folder (the name is ours)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not _is_complete(target, params):  # another process did not win the race either
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    ensure_cache_folder(
+        target, params, lambda root: make_polyp_demo(root, num_images, image_size=image_size, seed=seed), None, _MARKER
+    )
     return target
-
-
-def _is_complete(folder: Path, params: dict) -> bool:
-    """Whether ``folder`` holds a finished demo made with ``params``."""
-    try:
-        return json.loads((folder / _MARKER).read_text()) == params
-    except (OSError, ValueError):
-        return False

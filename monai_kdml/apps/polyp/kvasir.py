@@ -37,7 +37,7 @@ from skimage import measure
 
 from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, inspect_image, is_image_file
 
-__all__ = ["PreflightReport", "kvasir_datalist", "kvasir_preflight", "require_frames", "split_by_id"]
+__all__ = ["FrameLayout", "PreflightReport", "kvasir_datalist", "kvasir_preflight", "require_frames", "split_by_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,38 @@ class _Annotation:
     boxes: list[list[float]]
     labels: list[int]
     size: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """Where a detection data set keeps its frames, masks and boxes, and how boxes are cleaned (see module doc).
+
+    Args:
+        images_dir: frames folder inside the data set folder.
+        masks_dir: masks folder inside it (optional when the annotation file covers every frame).
+        boxes_file: annotation file inside it, ``.json`` or ``.csv``; ``None`` or absent: boxes from the masks.
+        min_box_size: boxes narrower or shorter than this (pixels, after clipping to the frame) are dropped;
+            Kvasir-SEG has a few 1-3 px slivers along frame edges and mask holes.
+        keep_empty: keep frames left without boxes as negatives; ``False`` skips them.
+        classes: label names; the index is the label (Kvasir: ``("polyp",)``, so 0 = polyp).
+
+    Raises:
+        ValueError: a negative ``min_box_size`` or no ``classes``.
+    """
+
+    images_dir: str = "images"
+    masks_dir: str = "masks"
+    boxes_file: str | None = "kavsir_bboxes.json"
+    min_box_size: float = 10.0
+    keep_empty: bool = True
+    classes: tuple[str, ...] = ("polyp",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))  # JSON gives lists
+        if self.min_box_size < 0:
+            raise ValueError(f"`min_box_size` must be >= 0 pixels, got {self.min_box_size}")
+        if not self.classes:
+            raise ValueError("`classes` must name at least one class")
 
 
 @dataclass
@@ -257,28 +289,22 @@ def _read_mask(path: Path | None, name: str, size: tuple[int, int], report: Pref
 
 
 def kvasir_preflight(
-    dataset_dir: str | Path,
-    *,
-    images_dir: str = "images",
-    masks_dir: str = "masks",
-    boxes_file: str | None = "kavsir_bboxes.json",
-    min_box_size: float = 10.0,
-    keep_empty: bool = True,
-    classes: Sequence[str] = ("polyp",),
+    dataset_dir: str | Path, layout: FrameLayout | None = None
 ) -> tuple[list[dict[str, Any]], PreflightReport]:
     """Check every frame, mask and box once and build the datalist; arguments as in :func:`kvasir_datalist`.
 
     Returns:
         ``(datalist, report)``; nothing is logged here.
     """
+    layout = layout or FrameLayout()
+    images_dir, masks_dir, boxes_file = layout.images_dir, layout.masks_dir, layout.boxes_file
+    min_box_size, keep_empty, classes = layout.min_box_size, layout.keep_empty, layout.classes
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset_dir {str(root)!r} does not exist or is not a folder")
     images = _index_images(root / images_dir)
     if not images:
         raise FileNotFoundError(f"dataset_dir {str(root)!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}/")
-    if min_box_size < 0:
-        raise ValueError(f"min_box_size must be >= 0 pixels, got {min_box_size}")
     masks = _index_images(root / masks_dir)
     box_path = root / boxes_file if boxes_file else None
     annotations: dict[str, _Annotation] | None = None
@@ -326,16 +352,7 @@ def kvasir_preflight(
     return datalist, report
 
 
-def kvasir_datalist(
-    dataset_dir: str | Path,
-    *,
-    images_dir: str = "images",
-    masks_dir: str = "masks",
-    boxes_file: str | None = "kavsir_bboxes.json",
-    min_box_size: float = 10.0,
-    keep_empty: bool = True,
-    classes: Sequence[str] = ("polyp",),
-) -> list[dict[str, Any]]:
+def kvasir_datalist(dataset_dir: str | Path, layout: FrameLayout | None = None) -> list[dict[str, Any]]:
     """Datalist of a Kvasir-SEG style folder after a logged pre-flight check (layouts in the module doc).
 
     Each item is ``{"image": path, "box": [[xmin, ymin, xmax, ymax], ...], "label": [class index, ...], "id": id}``
@@ -344,13 +361,8 @@ def kvasir_datalist(
 
     Args:
         dataset_dir: the data set folder.
-        images_dir: frames folder inside ``dataset_dir``.
-        masks_dir: masks folder inside ``dataset_dir`` (optional when the annotation file covers every frame).
-        boxes_file: annotation file inside ``dataset_dir``, ``.json`` or ``.csv``; ``None`` or absent: masks only.
-        min_box_size: boxes narrower or shorter than this (pixels, after clipping to the frame) are dropped;
-            Kvasir-SEG has a few 1-3 px slivers along frame edges and mask holes.
-        keep_empty: keep frames left without boxes as negatives; ``False`` skips them.
-        classes: label names; the index is the label (Kvasir: ``("polyp",)``, so 0 = polyp).
+        layout: where frames, masks and boxes are and how boxes are cleaned; default :class:`FrameLayout`
+            (Kvasir-SEG's own layout).
 
     Returns:
         The datalist, ready for ``monai.data.CacheDataset`` with
@@ -360,15 +372,7 @@ def kvasir_datalist(
         FileNotFoundError: ``dataset_dir`` missing, no images in it, or no annotation file and no masks.
         ValueError: an unreadable or malformed annotation file, an unknown label, two files for one image id.
     """
-    datalist, report = kvasir_preflight(
-        dataset_dir,
-        images_dir=images_dir,
-        masks_dir=masks_dir,
-        boxes_file=boxes_file,
-        min_box_size=min_box_size,
-        keep_empty=keep_empty,
-        classes=classes,
-    )
+    datalist, report = kvasir_preflight(dataset_dir, layout)
     return require_frames(dataset_dir, datalist, report)
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from monai_kdml.apps.polyp.demo import make_polyp_demo
-from monai_kdml.apps.polyp.kvasir import kvasir_datalist, kvasir_preflight, split_by_id
+from monai_kdml.apps.polyp.kvasir import FrameLayout, kvasir_datalist, kvasir_preflight, split_by_id
 
 NAMES = [f"demo_{i:04d}" for i in range(4)]
 
@@ -98,7 +98,7 @@ def test_empty_box_list_kept_as_negative_or_skipped(data: Path) -> None:
     assert report.empty_frames == ["demo_0003"] and not report.has_problems
     negative = {d["id"]: d for d in datalist}["demo_0003"]
     assert negative["box"] == [] and negative["label"] == []
-    datalist, _ = kvasir_preflight(data, keep_empty=False)
+    datalist, _ = kvasir_preflight(data, FrameLayout(keep_empty=False))
     assert [d["id"] for d in datalist] == NAMES[:3]
 
 
@@ -120,7 +120,7 @@ def test_degenerate_boxes_clipped_or_dropped(data: Path) -> None:
     got = {d["id"]: d["box"] for d in datalist}["demo_0000"]
     assert got == [_as_list({"bbox": [good]})[0], [0.0, 10.0, float(width), 40.0]]
     assert len(report.clipped_boxes) == 1 and len(report.dropped_boxes) == 3
-    datalist, report = kvasir_preflight(data, min_box_size=2)
+    datalist, report = kvasir_preflight(data, FrameLayout(min_box_size=2))
     assert len({d["id"]: d["box"] for d in datalist}["demo_0000"]) == 3 and len(report.dropped_boxes) == 2
 
 
@@ -145,7 +145,7 @@ def test_masks_only_and_csv_layout(data: Path) -> None:
     rows.append(f"{NAMES[3]}.jpg,,,,,")  # declared negative
     (data / "boxes.csv").write_text("\n".join(rows) + "\n")
     shutil.rmtree(data / "masks")
-    datalist, report = kvasir_preflight(data, boxes_file="boxes.csv")
+    datalist, report = kvasir_preflight(data, FrameLayout(boxes_file="boxes.csv"))
     got = {d["id"]: sorted(d["box"]) for d in datalist}
     assert got == {**{n: expected[n] for n in NAMES[:3]}, NAMES[3]: []} and report.empty_frames == [NAMES[3]]
 
@@ -157,7 +157,7 @@ def test_clear_errors(data: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"empty.*no images"):
         kvasir_datalist(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="neither the annotation file"):
-        kvasir_datalist(data, boxes_file="missing.json", masks_dir="nomasks")
+        kvasir_datalist(data, FrameLayout(boxes_file="missing.json", masks_dir="nomasks"))
     (data / "kavsir_bboxes.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"kavsir_bboxes\.json"):
         kvasir_datalist(data)
@@ -166,7 +166,7 @@ def test_clear_errors(data: Path, tmp_path: Path) -> None:
         kvasir_datalist(data)
     (data / "b.csv").write_text("image,xmin,ymin\nx.jpg,1,2\n")
     with pytest.raises(ValueError, match=r"b\.csv.*xmax"):
-        kvasir_datalist(data, boxes_file="b.csv")
+        kvasir_datalist(data, FrameLayout(boxes_file="b.csv"))
 
 
 def test_summary_logged_as_one_block(data: Path, caplog: pytest.LogCaptureFixture) -> None:
