@@ -156,10 +156,6 @@ class KDMLTrainer(Trainer):
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self._shapes_checked = False
 
-        from monai_kdml.handlers.guards import NonFiniteLossGuard  # local: handlers import engines' keys
-
-        NonFiniteLossGuard().attach(self)
-
     @property
     def trainable_optimizers(self) -> list[Optimizer]:
         """The optimizers stepped each iteration: the online teacher's (if any), then each student's."""

@@ -24,7 +24,8 @@ class NonFiniteLossGuard:
 
     It runs after the loss and before backward and the optimizer steps, so the weights in memory are still those of
     the last good iteration; checkpoints already written stay intact (MONAI's ``CheckpointSaver`` writes its
-    exception-time checkpoint under a separate ``final`` name). ``KDMLTrainer`` attaches one automatically.
+    exception-time checkpoint under a separate ``final`` name). Attach it to every trainer (the bundles list it
+    among their training handlers); engines never attach handlers themselves.
     """
 
     def attach(self, engine: Engine) -> None:

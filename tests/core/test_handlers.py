@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from monai_kdml.engines import KDMLEvaluator, KDMLTrainer
-from monai_kdml.handlers import EpochSeedHandler, NonFiniteLossError, WarmupHandler, loss_terms
+from monai_kdml.handlers import EpochSeedHandler, NonFiniteLossError, NonFiniteLossGuard, WarmupHandler, loss_terms
 from monai_kdml.losses import KDMLLoss
 
 
@@ -103,7 +103,7 @@ class NanAt(torch.utils.data.Dataset):
 
 def test_non_finite_loss_stops_before_step_and_keeps_checkpoint(toy, tmp_path: Path) -> None:
     dataset = NanAt(toy.BlobDataset(48), bad_index=5)
-    objects = build(toy, max_epochs=3, dataset=dataset)
+    objects = build(toy, max_epochs=3, dataset=dataset, handlers=[NonFiniteLossGuard()])
     trainer = objects["trainer"]
     saver = CheckpointSaver(str(tmp_path), dict(objects), save_interval=1, n_saved=2, epoch_level=True, save_final=True)
     saver.attach(trainer)

@@ -5,7 +5,13 @@ Reference: Kather et al., "Deep learning can predict microsatellite instability 
 gastrointestinal cancer", Nature Medicine 2019.
 """
 
-from monai_kdml.apps.msi.datalists import MSIDatalists, prepare_msi_datalists, tile_datalist
+from monai_kdml.apps.msi.datalists import (
+    EvaluationSplit,
+    MSIDatalists,
+    evaluation_split,
+    prepare_msi_datalists,
+    tile_datalist,
+)
 from monai_kdml.apps.msi.demo import ensure_msi_demo, make_msi_demo
 from monai_kdml.apps.msi.kather import (
     CLASS_FOLDERS,
@@ -26,7 +32,7 @@ from monai_kdml.apps.msi.patients import (
 from monai_kdml.apps.msi.predictions import TilePredictionWriter
 from monai_kdml.apps.msi.report import ClassificationReport
 from monai_kdml.apps.msi.tiles import TileCheckError, TileCheckReport, check_tiles
-from monai_kdml.apps.msi.transforms import MIN_TILE_SIZE, tile_transforms
+from monai_kdml.apps.msi.transforms import MIN_TILE_SIZE, check_tile_size, tile_transforms
 
 __all__ = [
     "CLASS_FOLDERS",
@@ -34,14 +40,17 @@ __all__ = [
     "PATIENT_KEY",
     "ClassificationReport",
     "DatasetLayoutError",
+    "EvaluationSplit",
     "MSIDatalists",
     "PatientAUC",
     "PatientScoreOutput",
     "TileCheckError",
     "TileCheckReport",
     "TilePredictionWriter",
+    "check_tile_size",
     "check_tiles",
     "ensure_msi_demo",
+    "evaluation_split",
     "kather_datalist",
     "make_msi_demo",
     "patient_auc_metrics",

@@ -12,6 +12,7 @@ from monai.utils import look_up_option
 from monai_kdml.apps.msi.demo import ensure_msi_demo
 from monai_kdml.apps.msi.kather import (
     DatasetLayoutError,
+    class_folders,
     kather_datalist,
     patient_id_from_path,
     split_by_patient,
@@ -20,7 +21,7 @@ from monai_kdml.apps.msi.kather import (
 from monai_kdml.apps.msi.tiles import TileCheckReport, check_tiles
 from monai_kdml.data.images import IMAGE_SUFFIXES, is_image_file
 
-__all__ = ["MSIDatalists", "prepare_msi_datalists", "tile_datalist"]
+__all__ = ["EvaluationSplit", "MSIDatalists", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ def prepare_msi_datalists(
     expected_size: tuple[int, int] | None = (224, 224),
     decode: bool = False,
     with_test: bool = False,
-    demo_patients: int = 40,
-    demo_tiles_per_patient: int = 16,
+    demo_patients: int = 48,
+    demo_tiles_per_patient: int = 20,
 ) -> MSIDatalists:
     """Resolve the data (the synthetic demo when ``dataset_dir`` is None), check every tile, split by patient.
 
@@ -84,7 +85,9 @@ def prepare_msi_datalists(
         The :class:`MSIDatalists`.
     """
     look_up_option(balance, _BALANCING)
-    is_demo = dataset_dir is None or str(dataset_dir) == ""
+    if dataset_dir is not None and not str(dataset_dir).strip():
+        raise ValueError("`dataset_dir` is empty: give a folder, or None for the synthetic demo set.")
+    is_demo = dataset_dir is None
     if is_demo:
         root = ensure_msi_demo(
             Path(cache_dir), num_patients=demo_patients, tiles_per_patient=demo_tiles_per_patient, seed=0
@@ -135,3 +138,61 @@ def tile_datalist(folder: str | Path, expected_size: tuple[int, int] | None = No
     items = [{"image": str(p), "patient": patient_id_from_path(p)} for p in paths]
     clean, _ = check_tiles(items, expected_size=expected_size)
     return clean
+
+
+@dataclass
+class EvaluationSplit:
+    """The tiles an evaluation scores, and how its report names them.
+
+    Args:
+        name: folder name of the report under the bundle's ``eval/`` (``test``, ``validation`` or
+            ``external_<folder>``), so the files say what was scored.
+        items: the datalist.
+        title: what the report's heading says about the data.
+        report: the pre-flight check of an external folder (read, skipped and why), else ``None``.
+    """
+
+    name: str
+    items: list[dict[str, Any]]
+    title: str
+    report: TileCheckReport | None = None
+
+
+def evaluation_split(
+    data: MSIDatalists, test_dir: str | Path | None = None, allow_validation: bool = False
+) -> EvaluationSplit:
+    """Choose what an evaluation scores: an external cohort, the held-out test split, or (only when allowed) the
+    validation split, which selected ``best_networks.pt`` and therefore flatters it.
+
+    Args:
+        data: the run's datalists (``with_test=True`` unless ``test_dir`` is given).
+        test_dir: an external cohort: a folder with one sub-folder per class (Kather's names), or a Kather root with
+            a ``<COHORT>_TEST`` folder. Every readable tile is scored, nothing is re-split.
+        allow_validation: score the validation split when there is no test split (the report says "optimistic").
+
+    Raises:
+        ValueError: no test split, no ``test_dir`` and ``allow_validation`` false.
+    """
+    if test_dir is not None:
+        root = Path(str(test_dir)).expanduser()
+        split: Literal["train", "test"] = "train" if root.is_dir() and class_folders(root) else "test"
+        tiles, report = check_tiles(kather_datalist(root, split), expected_size=None, max_bad_fraction=1.0)
+        if not tiles:
+            raise ValueError(f"`test_dir` {root}: no readable tile.\n{report.summary()}")
+        title = (
+            f"the EXTERNAL cohort {root}: {report.kept} tiles of {report.total} read, {report.skipped} skipped "
+            f"({report.corrupt} corrupt, {report.not_image} not images), "
+            f"{len({t['patient'] for t in tiles})} patients"
+        )
+        return EvaluationSplit(f"external_{root.name or 'cohort'}", tiles, title, report)
+    source = "the synthetic DEMO" if data.is_demo else str(data.root)
+    if data.test:
+        return EvaluationSplit("test", data.test, f"the held-out test split of {source} ({len(data.test)} tiles)")
+    if not allow_validation:
+        raise ValueError(
+            f"{data.root} has no test split (no <COHORT>_TEST folder). Scoring the validation split would be "
+            "optimistic: it selected best_networks.pt. Give an external cohort with `--test_dir <folder>`, or "
+            "accept the optimistic estimate with `--allow_validation_as_test true`."
+        )
+    title = f"the VALIDATION split of {source} ({len(data.val)} tiles; OPTIMISTIC: it selected best_networks.pt)"
+    return EvaluationSplit("validation", data.val, title)

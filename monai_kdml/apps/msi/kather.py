@@ -26,7 +26,9 @@ from monai_kdml.data.images import IMAGE_SUFFIXES, is_image_file
 
 __all__ = [
     "CLASS_FOLDERS",
+    "CLASS_NAMES",
     "DatasetLayoutError",
+    "class_folders",
     "kather_datalist",
     "patient_id_from_path",
     "resolve_class_root",
@@ -63,8 +65,12 @@ def patient_id_from_path(path: str | Path) -> str:
     return match.group(0).upper() if match else Path(path).stem
 
 
-def _class_folders(root: Path) -> dict[int, Path]:
-    """Label -> class folder directly under ``root`` (names matched case-insensitively); may be partial."""
+def class_folders(root: Path) -> dict[int, Path]:
+    """Label -> class folder directly under ``root`` (names matched case-insensitively); may be partial.
+
+    Raises:
+        ValueError: two folders for one class.
+    """
     lookup = {name.lower(): label for name, label in CLASS_FOLDERS.items()}
     found: dict[int, list[Path]] = defaultdict(list)
     for child in sorted(root.iterdir()):
@@ -119,7 +125,7 @@ def resolve_class_root(
         raise NotADirectoryError(f"dataset_dir {root} is not a folder.")
     if not any(not p.name.startswith(".") for p in root.iterdir()):
         raise DatasetLayoutError(f"dataset_dir {root} is empty; expected CRC_DX_TRAIN/, CRC_DX_TEST/ or MSIMUT/, MSS/.")
-    if _class_folders(root):
+    if class_folders(root):
         if split == "test":
             raise ValueError(
                 f"dataset_dir {root} holds class folders directly (a single split), so split='test' has no data; "
@@ -164,7 +170,7 @@ def kather_datalist(
             or any error of :func:`resolve_class_root`.
     """
     root = resolve_class_root(dataset_dir, split, cohort)
-    folders = _class_folders(root)
+    folders = class_folders(root)
     for label in (MSI, MSS):
         if label not in folders:
             names = " or ".join(n for n, lab in CLASS_FOLDERS.items() if lab == label)

@@ -26,12 +26,25 @@ from monai.transforms import (
 
 from monai_kdml.data.images import to_rgb
 
-__all__ = ["MIN_TILE_SIZE", "tile_transforms"]
+__all__ = ["MIN_TILE_SIZE", "check_tile_size", "tile_transforms"]
 
 MIN_TILE_SIZE = 32
 """Smallest ``image_size`` the presets take: ResNets and DenseNets halve the tile five times."""
 
 IMAGE, LABEL = "image", "label"
+
+
+def check_tile_size(image_size: int) -> None:
+    """Raise unless ``image_size`` is a size the networks can take (MONAI's resize keeps non-positive sizes).
+
+    Raises:
+        ValueError: naming ``image_size``.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_TILE_SIZE:
+        raise ValueError(
+            f"`image_size` must be an integer >= {MIN_TILE_SIZE} pixels (the networks halve a tile five times), "
+            f"got {image_size!r}."
+        )
 
 
 def tile_transforms(
@@ -62,11 +75,7 @@ def tile_transforms(
     Raises:
         ValueError: ``image_size`` that the networks cannot take, or a probability outside [0, 1].
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_TILE_SIZE:
-        raise ValueError(
-            f"`image_size` must be an integer >= {MIN_TILE_SIZE} pixels (the networks halve a tile five times), "
-            f"got {image_size!r}."
-        )
+    check_tile_size(image_size)
     for name, prob in (("flip_prob", flip_prob), ("rotate90_prob", rotate90_prob), ("intensity_prob", intensity_prob)):
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"`{name}` must be a probability in [0, 1], got {prob}.")

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import csv
+import inspect
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 
-from monai_kdml.networks import StudentEnsemble, build_network
+from monai_kdml.apps.msi import prepare_msi_datalists
+from monai_kdml.networks import StudentEnsemble, build_network, get_preset
 
 TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
+STUDENTS = 3  # the trained run's K, not the default: evaluation, inference and export must read it from the record
+
+
+def demo_ensemble(num_students: int = STUDENTS) -> StudentEnsemble:
+    return StudentEnsemble([build_network("resnet10_slim") for _ in range(num_students)])
 
 
 @pytest.fixture(scope="module")
 def trained(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny 2-epoch demo run shared by the tests that need trained weights."""
+    """One tiny 2-epoch demo run (3 students, 32 px) shared by the tests that need trained weights."""
     root = tmp_path_factory.mktemp("msi")
-    msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "2", *TINY)
+    msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "2", "--num_students", str(STUDENTS), *TINY)
     return root
 
 
@@ -29,13 +37,17 @@ def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
     with (trained / "eval" / "metrics_history.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    for net in ("teacher", "student_0", "student_1", "ensemble"):
+    for net in ("teacher", "student_0", "student_1", "student_2", "ensemble"):
         for metric in ("auc", "acc", "bacc", "f1", "patient_auc"):
             assert 0.0 <= float(rows[-1][f"{net}_{metric}"]) <= 1.0
     assert "disagreement" in rows[-1]
     # model.pt is the deployable ensemble: it loads into a fresh StudentEnsemble of the demo preset
-    ensemble = StudentEnsemble([build_network("resnet10_slim") for _ in range(2)])
-    ensemble.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    demo_ensemble().load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    record = json.loads((trained / "models" / "network.json").read_text())
+    assert record == {
+        "bundle": "msi", "preset": "demo", "teacher_network": "resnet18", "student_network": "resnet10_slim",
+        "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32,
+    }  # fmt: skip
 
 
 def test_demo_data_is_announced_and_cached(msi_bundle, trained: Path, tmp_path: Path) -> None:
@@ -43,7 +55,7 @@ def test_demo_data_is_announced_and_cached(msi_bundle, trained: Path, tmp_path: 
     assert (demo / "CRC_DX_TRAIN" / "MSIMUT").is_dir() and (demo / "CRC_DX_TEST" / "MSS").is_dir()
     out = msi_bundle.cli(
         "--bundle_root", str(tmp_path), "--cache_dir", str(trained / ".cache"), "--max_epochs", "1", *TINY
-    )
+    )  # fmt: skip
     log = out.stdout + out.stderr
     assert "SYNTHETIC DEMO DATA" in log
     assert "Generating synthetic MSI demo tiles" not in log  # reused from the cache
@@ -74,9 +86,7 @@ def test_evaluate_writes_report(msi_bundle, trained: Path) -> None:
 
 def test_inference_writes_tile_and_patient_csv(msi_bundle, trained: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "inference"
-    msi_bundle.cli(
-        "--bundle_root", str(trained), "--image_size", "32", "--output_dir", str(out_dir), config="inference.json"
-    )
+    msi_bundle.cli("--bundle_root", str(trained), "--output_dir", str(out_dir), config="inference.json")
     with (out_dir / "tiles.csv").open() as f:
         tiles = list(csv.DictReader(f))
     with (out_dir / "patients.csv").open() as f:
@@ -89,12 +99,12 @@ def test_inference_writes_tile_and_patient_csv(msi_bundle, trained: Path, tmp_pa
 def test_export_torchscript_matches(msi_bundle, trained: Path, tmp_path: Path) -> None:
     ts = tmp_path / "ensemble.ts"
     msi_bundle.cli(
-        "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"),
+        "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"), "--bundle_root", str(trained),
         "--meta_file", str(msi_bundle.dir / "metadata.json"),
         config="inference.json", command="ckpt_export network_def", timeout=300,
     )  # fmt: skip
     scripted = torch.jit.load(str(ts))
-    ensemble = StudentEnsemble([build_network("resnet10_slim") for _ in range(2)]).eval()
+    ensemble = demo_ensemble().eval()
     ensemble.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(scripted(x), ensemble(x), atol=1e-5)
@@ -130,7 +140,7 @@ def test_two_process_gloo_run(msi_bundle, tmp_path: Path) -> None:
     # the saved ensemble is unwrapped from DDP: plain keys, loads into the bundle's network_def
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(".module." in k for k in state)
-    StudentEnsemble([build_network("resnet10_slim") for _ in range(2)]).load_state_dict(state)
+    demo_ensemble(2).load_state_dict(state)
 
 
 class TestBadInput:
@@ -145,16 +155,76 @@ class TestBadInput:
         out = msi_bundle.cli("--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "data"), check=False)
         assert out.returncode != 0 and "missing the MSS class folder" in out.stdout + out.stderr
 
-    def test_unknown_mode_is_named(self, msi_bundle, tmp_path: Path) -> None:
-        out = msi_bundle.cli("--bundle_root", str(tmp_path), "--mode", "kdl", *TINY, check=False)
-        assert out.returncode != 0 and "`mode`" in out.stdout + out.stderr and "did you mean" in out.stdout + out.stderr
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--mode", "kdl"], "`mode`"),
+            (["--max_epoch", "1"], "`--max_epoch` is not a key"),
+            (["--mdoe", "kd"], "Did you mean --mode"),
+            (["--image_size", "0"], "`image_size` must be an integer >= 32"),
+            (["--image_size", "7"], "`image_size` must be an integer >= 32"),
+            (["--kd_weight", "-5"], "`kd_weight` must be a finite number >= 0"),
+            (["--dataset_dir", ""], "`dataset_dir` is ''"),
+            (["--key_metric", "bogus_auc"], "Valid: ["),
+            (["--num_students", "1"], "`num_students` must be >= 2"),
+        ],
+    )
+    def test_bad_override_is_refused_before_training(self, msi_bundle, tmp_path: Path, args, message) -> None:
+        out = msi_bundle.cli("--bundle_root", str(tmp_path), *TINY, *args, check=False)
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and message in log, log[-2000:]
+        assert "Epoch: 1/" not in log  # nothing trained
+
+    def test_a_finished_run_is_not_overwritten(self, msi_bundle, trained: Path) -> None:
+        before = (trained / "models" / "model.pt").read_bytes()
+        out = msi_bundle.cli("--bundle_root", str(trained), "--max_epochs", "1", *TINY, check=False)
+        assert out.returncode != 0 and "--resume true" in out.stdout + out.stderr
+        assert (trained / "models" / "model.pt").read_bytes() == before
+
+    def test_overrides_that_contradict_the_record_are_refused(self, msi_bundle, trained: Path) -> None:
+        out = msi_bundle.cli("--bundle_root", str(trained), "--image_size", "64", config="inference.json", check=False)
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and "`image_size`: trained with 32, configured 64" in log
+        out = msi_bundle.cli(
+            "--bundle_root", str(trained), *TINY, "--num_students", "2", config=["train.json", "evaluate.json"],
+            check=False,
+        )  # fmt: skip
+        assert out.returncode != 0 and "`num_students`: trained with 3, configured 2" in out.stdout + out.stderr
+
+    def test_evaluation_without_a_test_split_is_refused_unless_allowed(
+        self, msi_bundle, trained: Path, real_tiles: Path, tmp_path: Path
+    ) -> None:
+        args = ["--bundle_root", str(trained), "--dataset_dir", str(real_tiles), "--image_size", "32"]
+        out = msi_bundle.cli(*args, config=["train.json", "evaluate.json"], check=False)
+        assert out.returncode != 0 and "--allow_validation_as_test true" in out.stdout + out.stderr
+        msi_bundle.cli(*args, "--allow_validation_as_test", "true", config=["train.json", "evaluate.json"])
+        assert "OPTIMISTIC" in (trained / "eval" / "validation" / "summary.md").read_text()
 
 
-def test_real_tiles_smoke(msi_bundle, shared_data: Path, tmp_path: Path) -> None:
+def test_external_cohort_is_scored_whole(msi_bundle, trained: Path, real_tiles: Path) -> None:
+    msi_bundle.cli(
+        "--bundle_root", str(trained), *TINY, "--test_dir", str(real_tiles), config=["train.json", "evaluate.json"]
+    )
+    report = trained / "eval" / f"external_{real_tiles.name}"
+    summary = (report / "summary.md").read_text()
+    assert "EXTERNAL cohort" in summary and "72 tiles of 72 read, 0 skipped" in summary
+    with (report / "tile_scores.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 72  # every tile, nothing re-split
+
+
+def test_factory_defaults_equal_the_bundle_demo_settings(msi_bundle) -> None:
+    config = json.loads((msi_bundle.dir / "train.json").read_text())
+    defaults = inspect.signature(prepare_msi_datalists).parameters
+    for key in ("demo_patients", "demo_tiles_per_patient", "val_fraction", "seed", "balance"):
+        assert defaults[key].default == config[key], key
+    inference = json.loads((msi_bundle.dir / "inference.json").read_text())["untrained_network"]
+    demo = config["profiles"]["demo"]
+    assert inference["preset"] == demo["preset"] and inference["image_size"] == demo["image_size"]
+    assert inference["student_network"] == get_preset(demo["preset"]).student
+
+
+def test_real_tiles_smoke(msi_bundle, real_tiles: Path, tmp_path: Path) -> None:
     """The bundle on the 72 real H&E tiles in Kather layout (single class-folder root, real patient split)."""
-    real_tiles = shared_data / "he-tiles-real"
-    if not real_tiles.is_dir():
-        pytest.skip(f"real H&E tiles not found at {real_tiles}")
     out = msi_bundle.cli(
         "--bundle_root", str(tmp_path), "--dataset_dir", str(real_tiles), "--preset", "demo", "--max_epochs", "1",
         "--image_size", "32", "--batch_size", "16",

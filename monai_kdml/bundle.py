@@ -1,0 +1,315 @@
+"""What both bundles need around MONAI's config workflow: checked overrides and options, run folders that are never
+silently overwritten, and the record that makes a trained bundle describe itself.
+
+MONAI's ``python -m monai.bundle run`` accepts any ``--key value`` and silently adds unknown keys, so a misspelt
+override (``--max_epoch 1``) trains with the default. :func:`check_cli_overrides` reads the command line the
+bundle was started with and refuses keys the configuration does not define, naming the closest valid ones.
+
+Training writes ``models/network.json`` (:data:`RECORD_NAME`) beside ``models/model.pt``: everything the bundle's
+``network_def`` needs to rebuild the deployed model. Evaluation, inference and ``ckpt_export`` read it, so nothing
+given at training time has to be repeated, and an override that contradicts it is an error naming both values.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+from monai.bundle import ConfigParser
+
+from monai_kdml.keys import Mode, TeacherMode
+
+__all__ = [
+    "RECORD_NAME",
+    "check_against_record",
+    "check_cli_overrides",
+    "check_options",
+    "pick_metric",
+    "prepare_run_folder",
+    "read_record",
+    "write_record",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORD_NAME = "network.json"
+"""File name of the trained-network record in a bundle's ``models/`` folder."""
+_CHECKED: set[tuple[str, ...]] = set()
+
+
+# ---------------------------------------------------------------- command-line overrides
+def _cli_command() -> tuple[str, list[str]] | None:
+    """``(command, arguments)`` when this process is ``python -m monai.bundle <command> ...``, else ``None``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    argv0 = Path(sys.argv[0]) if sys.argv else Path()
+    as_script = argv0.parts[-3:] == ("monai", "bundle", "__main__.py")
+    if getattr(spec, "name", None) != "monai.bundle.__main__" and not as_script:
+        return None
+    if len(sys.argv) < 2:
+        return None
+    return sys.argv[1], sys.argv[2:]
+
+
+def _parse_fire_args(args: Sequence[str]) -> tuple[list[Any], dict[str, Any]]:
+    """Positional arguments and ``--key value`` / ``--key=value`` / ``--flag`` pairs as python-fire reads them."""
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--"):
+            positional.append(token)
+            i += 1
+            continue
+        key, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            else:
+                value = "True"
+        named[key.replace("-", "_") if key in ("config-file", "meta-file", "args-file") else key] = value
+        i += 1
+    return positional, named
+
+
+def _literal(value: Any) -> Any:
+    try:
+        return ast.literal_eval(value) if isinstance(value, str) else value
+    except (ValueError, SyntaxError):
+        return value
+
+
+def _config_ids(config: Mapping | Sequence, prefix: str = "") -> list[str]:
+    ids: list[str] = []
+    items = config.items() if isinstance(config, Mapping) else enumerate(config)
+    for key, value in items:
+        name = f"{prefix}{key}"
+        ids.append(name)
+        if isinstance(value, (Mapping, list)):
+            ids.extend(_config_ids(value, f"{name}#"))
+    return ids
+
+
+def check_cli_overrides(known: Iterable[str] = ()) -> None:
+    """Refuse command-line keys that the bundle's configuration files do not define.
+
+    A no-op unless this process runs ``python -m monai.bundle run|ckpt_export ...`` (in-process
+    ``ConfigWorkflow`` users pass Python keyword arguments, and get Python's own errors). Keys may be nested ids
+    (``--validate#dataloader#batch_size 16``); the arguments of MONAI's command itself (``--config_file``,
+    ``--meta_file``, ``--filepath``, ...) and ``known`` are accepted. Keys of an ``--args_file`` are checked too.
+    Runs once per process.
+
+    Raises:
+        ValueError: naming the unknown key and the closest valid keys, before anything is built.
+    """
+    command = _cli_command()
+    if command is None:
+        return
+    name, args = command
+    _, named = _parse_fire_args(args)
+    key = (name, *args)
+    if key in _CHECKED:
+        return
+    import inspect
+
+    import monai.bundle.scripts as scripts
+
+    accepted = set(known) | {"args_file", "config_file", "meta_file", "logging_file"}
+    function = getattr(scripts, name, None)
+    if function is not None:
+        accepted |= {p for p in inspect.signature(function).parameters if p != "override"}
+    if "args_file" in named:
+        extra = ConfigParser.load_config_file(str(_literal(named["args_file"])))
+        named = {**{str(k): v for k, v in extra.items()}, **named}
+    files = _literal(named.get("config_file"))
+    if not files:
+        return
+    files = [str(f) for f in (files if isinstance(files, (list, tuple)) else [files])]
+    parser = ConfigParser()
+    parser.read_config(files)
+    for key_name in named:
+        if key_name in accepted or key_name in parser:
+            continue
+        ids = _config_ids(parser.get())
+        close = difflib.get_close_matches(key_name, ids, n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(f'--{c}' for c in close)}?" if close else ""
+        raise ValueError(
+            f"`--{key_name}` is not a key of {', '.join(files)}; MONAI would add it and ignore it.{hint} "
+            "Every key the bundle reads is listed at the top of its train.json and in its README."
+        )
+    _CHECKED.add(key)
+
+
+# ---------------------------------------------------------------- options shared by both bundles
+_NON_NEGATIVE = ("weight_decay", "warmup_epochs", "ce_weight", "gt_weight", "kd_weight", "ml_weight", "num_workers")
+_POSITIVE = ("learning_rate", "temperature")
+_AT_LEAST_ONE = ("max_epochs", "batch_size", "val_interval", "num_students")
+
+
+def check_options(**options: Any) -> None:
+    """Validate the training options both bundles share, naming the config key of the first bad value.
+
+    Known keys (each optional): ``mode``, ``teacher_mode``, ``num_students``, ``max_epochs``, ``batch_size``,
+    ``val_interval``, ``learning_rate``, ``temperature``, ``weight_decay``, ``warmup_epochs``, ``ce_weight``,
+    ``gt_weight``, ``kd_weight``, ``ml_weight``, ``teacher_ensemble_weight``, ``num_workers``, ``dataset_dir``,
+    ``teacher_ckpt``. Other keys are an error (a typo in a bundle).
+
+    Raises:
+        ValueError: e.g. "`kd_weight` must be a finite number >= 0, got -5".
+    """
+    for key, value in options.items():
+        if key in _NON_NEGATIVE + _POSITIVE + ("teacher_ensemble_weight",):
+            _check_number(key, value, positive=key in _POSITIVE)
+        elif key in _AT_LEAST_ONE:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{key}` must be an integer >= 1, got {value!r}.")
+        elif key == "mode":
+            Mode.parse(value, "mode")
+        elif key == "teacher_mode":
+            TeacherMode.parse(value, "teacher_mode")
+        elif key == "dataset_dir":
+            if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value).strip()):
+                raise ValueError(
+                    f"`dataset_dir` is {value!r}: give a data set folder, or leave it out (null) to train on the "
+                    "synthetic demo data (an empty value is refused: it is usually an unset variable)."
+                )
+        elif key == "teacher_ckpt":
+            if value is not None and not Path(str(value)).is_file():
+                raise ValueError(f"`teacher_ckpt`: no file at {value}.")
+        else:
+            raise ValueError(f"check_options: unknown option `{key}`.")
+    mode = Mode.parse(options.get("mode", Mode.KDML), "mode")
+    if mode.uses_ml and options.get("num_students", 2) < 2:
+        raise ValueError(f"`mode`='{mode}' uses mutual learning between peers: `num_students` must be >= 2.")
+    if TeacherMode.parse(options.get("teacher_mode", "online")) == TeacherMode.FROZEN and not options.get(
+        "teacher_ckpt", "given"
+    ):
+        raise ValueError("`teacher_mode`='frozen' needs pre-trained weights: set `teacher_ckpt`.")
+
+
+def _check_number(key: str, value: Any, positive: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(f"`{key}` must be a finite number {bound}, got {value!r}.")
+
+
+def pick_metric(metrics: Mapping[str, Any], name: str, key: str = "key_metric") -> dict[str, Any]:
+    """``{name: metrics[name]}`` for an evaluator's ``key_val_metric``; a bad name lists the valid ones.
+
+    Raises:
+        ValueError: ``name`` is not one of ``metrics``.
+    """
+    if name not in metrics:
+        close = difflib.get_close_matches(str(name), list(metrics), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"`{key}` is {name!r}, which is not a metric of this bundle.{hint} Valid: {sorted(metrics)}.")
+    return {name: metrics[name]}
+
+
+# ---------------------------------------------------------------- run folders
+_RUN_FILES = ("model.pt", "best_networks.pt", RECORD_NAME)
+
+
+def prepare_run_folder(ckpt_dir: str | Path, output_dir: str | Path, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to train into a folder that holds another run, unless it is resumed or explicitly replaced.
+
+    A run is there when ``ckpt_dir`` holds ``model.pt``, ``best_networks.pt``, the record or a training checkpoint.
+    With ``overwrite``, that run's ``ckpt_dir`` files and its ``output_dir`` are deleted first.
+
+    Raises:
+        FileExistsError: a run is there and neither ``resume`` nor ``overwrite`` is set; the message says what to do.
+    """
+    models = Path(ckpt_dir)
+    found = sorted(p.name for p in models.glob("*") if p.name in _RUN_FILES or p.name.startswith("checkpoint"))
+    if not found or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{models} already holds a run ({', '.join(found[:4])}). Continue it with `--resume true` (raise "
+            "`--max_epochs` to train longer), write this run elsewhere with `--bundle_root <folder>`, or delete "
+            "that run with `--overwrite true`."
+        )
+    logger.warning("--overwrite true: deleting the run in %s and %s.", models, output_dir)
+    for name in found:
+        (models / name).unlink(missing_ok=True)  # another rank may have been first
+    shutil.rmtree(output_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- the trained-network record
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.__dict__ if hasattr(v, "__dict__") else str(v)))
+
+
+def write_record(ckpt_dir: str | Path, record: Mapping[str, Any], resume: bool = False) -> Path:
+    """Write ``record`` as ``<ckpt_dir>/network.json`` (atomically); on resume, check it against the one there.
+
+    Raises:
+        ValueError: resuming a run whose record differs, naming each differing key with both values.
+    """
+    path = Path(ckpt_dir) / RECORD_NAME
+    record = _jsonable(dict(record))
+    if resume and path.is_file():
+        check_against_record(read_record(ckpt_dir), **record)
+        return path
+    if idist.get_rank() != 0:  # one writer under DDP
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(ckpt_dir: str | Path, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The record in ``ckpt_dir``; ``fallback`` (with a warning) when there is none and a fallback is given.
+
+    Raises:
+        FileNotFoundError: no record and no fallback.
+        ValueError: an unreadable record.
+    """
+    path = Path(ckpt_dir) / RECORD_NAME
+    if not path.is_file():
+        if fallback is None:
+            raise FileNotFoundError(f"{path} does not exist: train the bundle first (it writes this record).")
+        if (Path(ckpt_dir) / "model.pt").is_file():
+            logger.warning("%s has no %s: using the configuration's network settings.", ckpt_dir, path.name)
+        return _jsonable(dict(fallback))
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the trained-network record ({err}).") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}.")
+    return record
+
+
+def check_against_record(record: Mapping[str, Any], **configured: Any) -> None:
+    """Raise when a configured value contradicts the trained-network ``record`` (keys absent from it are skipped).
+
+    Raises:
+        ValueError: naming every differing key with the trained and the configured value.
+    """
+    configured = _jsonable(configured)
+    diffs = [
+        f"`{key}`: trained with {record[key]!r}, configured {value!r}"
+        for key, value in configured.items()
+        if key in record and record[key] != value
+    ]
+    if diffs:
+        raise ValueError(
+            "the configuration contradicts the trained model's record (models/network.json): "
+            + "; ".join(diffs)
+            + ". Drop these overrides (the record supplies them), or train a new model."
+        )
