@@ -6,7 +6,6 @@ gastrointestinal cancer", Nature Medicine 2019.
 """
 
 from monai_kdml.apps.msi.datalists import (
-    EvaluationSplit,
     MSIDatalists,
     evaluation_split,
     prepare_msi_datalists,
@@ -40,7 +39,6 @@ __all__ = [
     "PATIENT_KEY",
     "ClassificationReport",
     "DatasetLayoutError",
-    "EvaluationSplit",
     "MSIDatalists",
     "PatientAUC",
     "PatientScoreOutput",

@@ -19,9 +19,10 @@ from monai_kdml.apps.msi.kather import (
     undersample,
 )
 from monai_kdml.apps.msi.tiles import TileCheckReport, check_tiles
+from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
 from monai_kdml.data.images import IMAGE_SUFFIXES, is_image_file
 
-__all__ = ["EvaluationSplit", "MSIDatalists", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
+__all__ = ["MSIDatalists", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,24 +141,6 @@ def tile_datalist(folder: str | Path, expected_size: tuple[int, int] | None = No
     return clean
 
 
-@dataclass
-class EvaluationSplit:
-    """The tiles an evaluation scores, and how its report names them.
-
-    Args:
-        name: folder name of the report under the bundle's ``eval/`` (``test``, ``validation`` or
-            ``external_<folder>``), so the files say what was scored.
-        items: the datalist.
-        title: what the report's heading says about the data.
-        report: the pre-flight check of an external folder (read, skipped and why), else ``None``.
-    """
-
-    name: str
-    items: list[dict[str, Any]]
-    title: str
-    report: TileCheckReport | None = None
-
-
 def evaluation_split(
     data: MSIDatalists, test_dir: str | Path | None = None, allow_validation: bool = False
 ) -> EvaluationSplit:
@@ -177,22 +160,13 @@ def evaluation_split(
         root = Path(str(test_dir)).expanduser()
         split: Literal["train", "test"] = "train" if root.is_dir() and class_folders(root) else "test"
         tiles, report = check_tiles(kather_datalist(root, split), expected_size=None, max_bad_fraction=1.0)
-        if not tiles:
-            raise ValueError(f"`test_dir` {root}: no readable tile.\n{report.summary()}")
-        title = (
-            f"the EXTERNAL cohort {root}: {report.kept} tiles of {report.total} read, {report.skipped} skipped "
-            f"({report.corrupt} corrupt, {report.not_image} not images), "
-            f"{len({t['patient'] for t in tiles})} patients"
+        counts = (
+            f"{report.kept} tiles of {report.total} read, {report.skipped} skipped ({report.corrupt} corrupt, "
+            f"{report.not_image} not images), {len({t['patient'] for t in tiles})} patients"
         )
-        return EvaluationSplit(f"external_{root.name or 'cohort'}", tiles, title, report)
-    source = "the synthetic DEMO" if data.is_demo else str(data.root)
-    if data.test:
-        return EvaluationSplit("test", data.test, f"the held-out test split of {source} ({len(data.test)} tiles)")
-    if not allow_validation:
-        raise ValueError(
-            f"{data.root} has no test split (no <COHORT>_TEST folder). Scoring the validation split would be "
-            "optimistic: it selected best_networks.pt. Give an external cohort with `--test_dir <folder>`, or "
-            "accept the optimistic estimate with `--allow_validation_as_test true`."
-        )
-    title = f"the VALIDATION split of {source} ({len(data.val)} tiles; OPTIMISTIC: it selected best_networks.pt)"
-    return EvaluationSplit("validation", data.val, title)
+        return external_split(root, tiles, counts, report)
+    if data.is_demo:
+        source = "the SYNTHETIC DEMO"
+    else:
+        source = str(data.root) if data.test else f"{data.root} (no <COHORT>_TEST folder)"
+    return held_out_split(data.test, data.val, source, allow_validation, unit="tiles")

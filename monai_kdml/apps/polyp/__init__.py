@@ -7,7 +7,12 @@ Built on ``monai.apps.detection`` and usable without torchvision (ATSS matcher, 
 from __future__ import annotations
 
 from monai_kdml.apps.polyp.batching import detection_collate, detection_prepare_batch, detection_targets
-from monai_kdml.apps.polyp.datalists import PolypDatalists, polyp_inference_datalist, prepare_polyp_datalists
+from monai_kdml.apps.polyp.datalists import (
+    PolypDatalists,
+    evaluation_split,
+    polyp_inference_datalist,
+    prepare_polyp_datalists,
+)
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
 from monai_kdml.apps.polyp.ensemble import (
     RetinaNetHeadEnsemble,
@@ -44,7 +49,10 @@ from monai_kdml.apps.polyp.networks import (
     ResNetFPNBackbone,
     build_retinanet,
     check_anchor_alignment,
+    check_frame_size,
     get_preset,
+    preset_from_dict,
+    preset_to_dict,
 )
 from monai_kdml.apps.polyp.transforms import (
     box_to_original,
@@ -80,6 +88,7 @@ __all__ = [
     "box_to_original",
     "build_retinanet",
     "check_anchor_alignment",
+    "check_frame_size",
     "decollate_detections",
     "detection_collate",
     "detection_metrics",
@@ -88,6 +97,7 @@ __all__ = [
     "distillation_anchor_mask",
     "draw_boxes",
     "ensure_polyp_demo",
+    "evaluation_split",
     "fuse_detections",
     "get_preset",
     "kvasir_datalist",
@@ -98,6 +108,8 @@ __all__ = [
     "polyp_train_transforms",
     "polyp_val_transforms",
     "prepare_polyp_datalists",
+    "preset_from_dict",
+    "preset_to_dict",
     "sigmoid_distillation",
     "sigmoid_kl_div",
     "split_by_id",

@@ -17,9 +17,10 @@ import numpy as np
 
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
 from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_preflight, require_frames, split_by_id
+from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
 from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, inspect_image, is_image_file
 
-__all__ = ["PolypDatalists", "polyp_inference_datalist", "prepare_polyp_datalists"]
+__all__ = ["PolypDatalists", "evaluation_split", "polyp_inference_datalist", "prepare_polyp_datalists"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def prepare_polyp_datalists(
     layout: FrameLayout | None = None,
     max_images: int | None = None,
     demo_images: int = 200,
-    demo_image_size: int = 288,
+    demo_image_size: int = 160,
 ) -> PolypDatalists:
     """Resolve the frames (the synthetic demo when ``dataset_dir`` is None), check every one, split by image id.
 
@@ -77,7 +78,9 @@ def prepare_polyp_datalists(
         FileNotFoundError: ``dataset_dir`` missing, without images, or without any box source.
         ValueError: no usable frame, a bad annotation file, a bad fraction or ``max_images`` < 3.
     """
-    is_demo = dataset_dir is None or str(dataset_dir) == ""
+    if dataset_dir is not None and not str(dataset_dir).strip():
+        raise ValueError("`dataset_dir` is empty: give a folder, or None for the synthetic demo set.")
+    is_demo = dataset_dir is None
     if is_demo:
         root = ensure_polyp_demo(Path(cache_dir), num_images=demo_images, image_size=demo_image_size, seed=0)
     else:
@@ -97,6 +100,39 @@ def prepare_polyp_datalists(
         *(sum(len(item["box"]) for item in part) for part in (train, val, test)),
     )
     return PolypDatalists(root=root, is_demo=is_demo, train=train, val=val, test=test, report=report)
+
+
+def evaluation_split(
+    data: PolypDatalists,
+    test_dir: str | Path | None = None,
+    layout: FrameLayout | None = None,
+    allow_validation: bool = False,
+) -> EvaluationSplit:
+    """Choose what an evaluation scores (see :mod:`monai_kdml.data.evaluation`).
+
+    Args:
+        data: the run's datalists.
+        test_dir: an external cohort in any layout :func:`~monai_kdml.apps.polyp.kvasir.kvasir_preflight` reads
+            (e.g. CVC-ClinicDB: frames + masks, boxes from the masks' connected components, ``boxes_file=None``);
+            every readable frame is scored, nothing is re-split.
+        layout: the external cohort's layout; default Kvasir-SEG's.
+        allow_validation: score the validation split when there is no test split (the report says "optimistic").
+
+    Raises:
+        ValueError: no test split, no ``test_dir`` and ``allow_validation`` false; an external folder without frames.
+    """
+    if test_dir is not None:
+        root = Path(str(test_dir)).expanduser()
+        frames, report = kvasir_preflight(root, layout)
+        require_frames(root, frames, report)
+        skipped = len(report.corrupt_images) + len(report.no_box_source)
+        counts = (
+            f"{report.kept} frames of {report.images_found} read, {skipped} skipped ({len(report.corrupt_images)} "
+            f"corrupt, {len(report.no_box_source)} without boxes or masks), {sum(len(f['box']) for f in frames)} boxes"
+        )
+        return external_split(root, frames, counts, report)
+    source = f"the SYNTHETIC DEMO in {data.root}" if data.is_demo else str(data.root)
+    return held_out_split(data.test, data.val, source, allow_validation, unit="frames")
 
 
 def _subset(datalist: list[dict[str, Any]], max_images: int, seed: int) -> list[dict[str, Any]]:

@@ -19,9 +19,11 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
@@ -41,7 +43,10 @@ __all__ = [
     "ResNetFPNBackbone",
     "build_retinanet",
     "check_anchor_alignment",
+    "check_frame_size",
     "get_preset",
+    "preset_from_dict",
+    "preset_to_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -338,3 +343,39 @@ def check_anchor_alignment(teacher: nn.Module | None, students: Sequence[nn.Modu
                     f"networks `{ref_name}` and `{name}` predict on different anchors: "
                     f"`{attr}` is {ref[attr]!r} vs {value!r}."
                 )
+
+
+def preset_to_dict(preset: DetectionPreset) -> dict[str, Any]:
+    """A JSON-ready description of ``preset`` (what a trained bundle records beside ``model.pt``)."""
+    return dataclasses.asdict(preset)
+
+
+def preset_from_dict(description: Mapping[str, Any]) -> DetectionPreset:
+    """The :class:`DetectionPreset` a :func:`preset_to_dict` description describes.
+
+    Raises:
+        ValueError: a description that does not make a preset, naming what is wrong.
+    """
+    try:
+        return DetectionPreset(
+            spec=DetectorSpec(**description["spec"]),
+            teacher=NetworkConfig(**description["teacher"]),
+            student=NetworkConfig(**description["student"]),
+            image_size=int(description["image_size"]),
+        )
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a detector description ({err!r}): {dict(description)}") from None
+
+
+def check_frame_size(image_size: int, spec: DetectorSpec) -> None:
+    """Raise unless ``image_size`` is a positive multiple of ``spec.size_divisible`` (what the detectors take).
+
+    Raises:
+        ValueError: naming ``image_size`` and the valid sizes.
+    """
+    step = spec.size_divisible
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < step or image_size % step:
+        raise ValueError(
+            f"`image_size` must be a positive multiple of {step} (the coarsest stride of this detector), e.g. "
+            f"{max(step, 160 // step * step)}; got {image_size!r}."
+        )

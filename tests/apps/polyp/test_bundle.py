@@ -4,6 +4,7 @@ its detection handlers; a smoke run on real Kvasir-SEG frames when ``../shared/d
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +15,15 @@ import torch
 from monai.bundle import ckpt_export, verify_metadata
 from PIL import Image
 
-from monai_kdml.apps.polyp import RetinaNetHeadEnsemble, detection_collate, get_preset, polyp_inference_transforms
+from monai_kdml.apps.polyp import (
+    FrameLayout,
+    RetinaNetHeadEnsemble,
+    detection_collate,
+    get_preset,
+    make_polyp_demo,
+    polyp_inference_transforms,
+    preset_from_dict,
+)
 from monai_kdml.apps.polyp.datalists import polyp_inference_datalist, prepare_polyp_datalists
 from monai_kdml.apps.polyp.handlers import (
     DetectionPredictionWriter,
@@ -124,7 +133,7 @@ def test_inference_writes_boxes_in_original_pixels_and_overlays(
     (frames / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "pred"
     override = {"bundle_root": str(trained), "dataset_dir": str(frames), "output_dir": str(out), "overlay": True}
-    polyp_bundle.workflow("inference.json", "infer", preset="tiny", image_size=64, output_score_thresh=0.0, **override)
+    polyp_bundle.workflow("inference.json", "infer", output_score_thresh=0.0, **override)  # nothing repeated
     assert "1 of 4 frames" in caplog.text and "broken" in caplog.text
     combined = json.loads((out / "predictions.json").read_text())
     assert len(combined) == 3
@@ -150,7 +159,7 @@ def test_exported_torchscript_gives_the_ensemble_head_outputs(polyp_bundle, trai
         ckpt_file=str(trained / "models" / "model.pt"),
         meta_file=str(polyp_bundle.dir / "metadata.json"),
         config_file=str(polyp_bundle.dir / "inference.json"),
-        preset="tiny",
+        bundle_root=str(trained),  # the record there says which detector and how many students: nothing repeated
     )
     scripted = torch.jit.load(str(target))
     eager = RetinaNetHeadEnsemble(get_preset("tiny").build_students(2)).eval()
@@ -188,6 +197,62 @@ def test_real_kvasir_smoke_run(polyp_bundle, kvasir: Path, tmp_path: Path) -> No
     assert [len(data.train), len(data.val), len(data.test)] == [10, 1, 1]
     assert all(item["box"] for item in data.train)  # every Kvasir-SEG frame shows a polyp
     assert (tmp_path / "models" / "model.pt").is_file()
+
+
+CLI_TINY = [f"--{k}={v}" for k, v in TINY.items()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kd_weight", "-5"], "`kd_weight` must be a finite number >= 0"),
+        (["--max_epoch", "1"], "`--max_epoch` is not a key"),
+        (["--image_size", "70"], "`image_size` must be a positive multiple of 16"),
+        (["--image_size", "0"], "`image_size` must be a positive multiple of 16"),
+        (["--key_metric", "ensemble_mAP"], "Did you mean ensemble_map?"),
+        (["--dataset_dir", ""], "`dataset_dir` is ''"),
+    ],
+)
+def test_bad_override_is_refused_before_training(polyp_bundle, tmp_path: Path, args, message) -> None:
+    out = polyp_bundle.cli(f"--bundle_root={tmp_path}", *CLI_TINY, *args, check=False)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and message in log, log[-2000:]
+    assert "Epoch: 1/" not in log
+
+
+def test_record_describes_the_trained_detector_and_contradictions_are_refused(polyp_bundle, trained: Path) -> None:
+    record = json.loads((trained / "models" / "network.json").read_text())
+    assert record["preset"] == "tiny" and record["num_students"] == 2 and record["image_size"] == 64
+    assert preset_from_dict(record["detector"]) == get_preset("tiny")
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps what an expression raises
+        polyp_bundle.workflow(["train.json", "evaluate.json"], "infer", bundle_root=str(trained), num_students=3)
+    assert "`num_students`: trained with 2, configured 3" in str(error.value.__cause__)
+    with pytest.raises(RuntimeError) as error:
+        polyp_bundle.workflow("train.json", "train", bundle_root=str(trained), max_epochs=1, **TINY)
+    assert isinstance(error.value.__cause__, FileExistsError) and "--resume true" in str(error.value.__cause__)
+
+
+def test_external_cohort_in_the_generic_layout_is_scored_whole(polyp_bundle, trained: Path, tmp_path: Path) -> None:
+    cohort = make_polyp_demo(tmp_path / "cvc", 5, image_size=64, seed=99)  # frames + masks; boxes from the masks
+    polyp_bundle.workflow(
+        ["train.json", "evaluate.json"], "infer", bundle_root=str(trained), test_dir=str(cohort),
+        test_boxes_file=None, **TINY,
+    )  # fmt: skip
+    report = trained / "eval" / "external_cvc"
+    markdown = (report / "summary.md").read_text()
+    assert "EXTERNAL cohort" in markdown and "5 frames of 5 read, 0 skipped" in markdown
+    assert [row["network"] for row in read_csv(report / "summary.csv")][-1] == "wbf"
+
+
+def test_factory_defaults_equal_the_bundle_demo_settings(polyp_bundle) -> None:
+    config = json.loads((polyp_bundle.dir / "train.json").read_text())
+    defaults = inspect.signature(prepare_polyp_datalists).parameters
+    for key in ("demo_images", "demo_image_size", "val_fraction", "test_fraction", "seed", "max_images"):
+        assert defaults[key].default == config[key], key
+    layout = FrameLayout()
+    for key in ("images_dir", "masks_dir", "boxes_file", "min_box_size", "keep_empty"):
+        assert getattr(layout, key) == config[key], key
+    assert list(layout.classes) == config["classes"]
 
 
 def test_prepare_polyp_datalists_demo_split_and_subset(tmp_path: Path, caplog) -> None:
