@@ -14,19 +14,50 @@ Compression", ISBI 2022. KD: Hinton et al., 2015. Deep mutual learning: Zhang et
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "DistillationLoss",
     "KDLoss",
     "KDMLLoss",
+    "LossTerms",
     "MutualLearningLoss",
     "cross_entropy",
     "kd_kl_div",
     "mutual_learning_kl_divs",
 ]
+
+
+class _RequiredTerms(TypedDict):
+    loss: Tensor
+    students: dict[str, list[Tensor]]
+
+
+class LossTerms(_RequiredTerms, total=False):
+    """What a loss of the method returns, and what :class:`~monai_kdml.engines.KDMLTrainer` sums and logs.
+
+    - ``loss``: the students' backpropagated total (a scalar);
+    - ``students``: term name -> one scalar per student, in order; ``"loss"`` is each student's total;
+    - ``teacher`` (only when teacher predictions were given): term name -> scalar; ``"loss"`` is the teacher's own
+      objective, which the trainer adds when the teacher learns online.
+
+    Term names are free (``ce``, ``kd``, ``ml`` here; ``cls``, ``box``, ``kd_cls``, ... for detection): the trainer
+    publishes every one as ``<term>_<network>`` without knowing it.
+    """
+
+    teacher: dict[str, Tensor]
+
+
+class DistillationLoss(Protocol):
+    """The call contract of the trainer's ``loss_function`` (:class:`KDMLLoss`, the detection loss, or yours)."""
+
+    def __call__(
+        self, student_preds: Sequence[Any], teacher_pred: Any, target: Any, *, use_kd: bool = True, use_ml: bool = True
+    ) -> LossTerms: ...
 
 
 def kd_kl_div(student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -182,7 +213,7 @@ class KDMLLoss(nn.Module):
         *,
         use_kd: bool = True,
         use_ml: bool = True,
-    ) -> dict:
+    ) -> LossTerms:
         """Compute every term.
 
         Args:
@@ -206,12 +237,14 @@ class KDMLLoss(nn.Module):
         if use_ml:
             students["ml"] = mutual_learning_kl_divs(student_logits, t)
             totals = _add_weighted(totals, students["ml"], self.ml_weight)
-        out: dict = {"loss": torch.stack(totals).sum(), "students": {"loss": totals, **students}}
+        out: LossTerms = {"loss": torch.stack(totals).sum(), "students": {"loss": totals, **students}}
         if teacher_logits is not None:
             out["teacher"] = self._teacher_terms(student_logits, teacher_logits, target)
         return out
 
-    def _teacher_terms(self, student_logits: Sequence[Tensor], teacher_logits: Tensor, target: Tensor) -> dict:
+    def _teacher_terms(
+        self, student_logits: Sequence[Tensor], teacher_logits: Tensor, target: Tensor
+    ) -> dict[str, Tensor]:
         ce = self.supervised_loss(teacher_logits, target)
         terms = {"loss": ce, "ce": ce}
         if self.teacher_ensemble_weight > 0:

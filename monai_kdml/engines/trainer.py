@@ -18,7 +18,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import TEACHER, Mode, TeacherMode, loss_key, student_name, term_key
+from monai_kdml.keys import TEACHER, Mode, TeacherMode, loss_key, network_names, student_name, term_key
+from monai_kdml.losses import DistillationLoss, LossTerms
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class KDMLTrainer(Trainer):
         teacher: nn.Module,
         students: Sequence[nn.Module],
         student_optimizers: Sequence[Optimizer],
-        loss_function: Callable[..., dict],
+        loss_function: DistillationLoss,
         teacher_optimizer: Optimizer | None = None,
         mode: Mode | str = Mode.KDML,
         teacher_mode: TeacherMode | str = TeacherMode.ONLINE,
@@ -280,7 +281,7 @@ def _check_networks(
     for i, a in enumerate(modules):
         for j in range(i + 1, len(modules)):
             if a is modules[j]:
-                names = [TEACHER] + [student_name(k) for k in range(len(students))]
+                names = network_names(len(students), ensemble=False)
                 raise ValueError(
                     f"`students`: {names[i]} and {names[j]} are the same module object and would share weights; "
                     "build each network with its own constructor call."
@@ -294,7 +295,8 @@ def _check_networks(
         raise ValueError("`teacher_optimizer` is required when `teacher_mode`='online'.")
     if teacher_mode == TeacherMode.FROZEN and teacher_optimizer is not None:
         raise ValueError("`teacher_optimizer` must be None when `teacher_mode`='frozen': the teacher is never updated.")
-    owners = {id(p): name for name, m in zip(_names(len(students)), modules, strict=True) for p in m.parameters()}
+    names = network_names(len(students), ensemble=False)
+    owners = {id(p): name for name, m in zip(names, modules, strict=True) for p in m.parameters()}
     pairs = [(student_name(k), o) for k, o in enumerate(student_optimizers)]
     if teacher_optimizer is not None:
         pairs.append((TEACHER, teacher_optimizer))
@@ -306,10 +308,6 @@ def _check_networks(
                         f"the optimizer of {name} holds parameters of {owners[id(p)]}; each optimizer must update "
                         "its own network only."
                     )
-
-
-def _names(num_students: int) -> list[str]:
-    return [TEACHER] + [student_name(k) for k in range(num_students)]
 
 
 def _shapes(x: Any) -> Any:
@@ -349,7 +347,7 @@ def _pred_entries(teacher_pred: Any, student_preds: list) -> dict:
     return entries
 
 
-def _loss_entries(terms: Mapping) -> dict[str, torch.Tensor]:
+def _loss_entries(terms: LossTerms) -> dict[str, torch.Tensor]:
     """Flatten the loss dict into ``loss_<network>`` and ``<term>_<network>`` entries (detached, for logging)."""
     entries: dict[str, torch.Tensor] = {}
     for term, values in terms.get("students", {}).items():

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_kdml.keys import ENSEMBLE, TEACHER, student_name
+from monai_kdml.keys import ENSEMBLE, TEACHER, network_names, student_name
 
 __all__ = ["compression_summary", "compression_table", "count_macs", "count_parameters"]
 
@@ -89,7 +89,7 @@ def _human(count: float) -> str:
 
 def compression_table(summary: dict) -> str:
     """Markdown table of a :func:`compression_summary`: one row per network, then the teacher / ensemble ratio."""
-    names = [TEACHER] + [student_name(k) for k in range(summary["num_students"])] + [ENSEMBLE]
+    names = network_names(summary["num_students"])
     lines = ["| network | parameters | MACs |", "|---|---:|---:|"]
     lines += [f"| {n} | {_human(summary[f'{n}_params'])} | {_human(summary[f'{n}_macs'])} |" for n in names]
     lines.append(f"| teacher / ensemble | {summary['param_ratio']:.2f}x | {summary['mac_ratio']:.2f}x |")

@@ -30,12 +30,14 @@ Reference: Niyaz & Bathula, ISBI 2022 (KD + ML); Lin et al., ICCV 2017 (RetinaNe
 from __future__ import annotations
 
 import logging
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from monai_kdml.apps.polyp.gt_loss import RetinaNetGTLoss, graph_zero
+from monai_kdml.losses import LossTerms
 
 __all__ = [
     "DetectionKDMLLoss",
@@ -169,7 +171,7 @@ class DetectionKDMLLoss(nn.Module):
         *,
         use_kd: bool = True,
         use_ml: bool = True,
-    ) -> dict:
+    ) -> LossTerms:
         """Loss terms of every network.
 
         Args:
@@ -198,7 +200,7 @@ class DetectionKDMLLoss(nn.Module):
         # 3. Flatten every head output to (B, A, C) logits and (B, A, 2D) deltas.
         students = [self.gt_loss.flatten(o) for o in student_outputs]
         # 4. Teacher: its own GT loss.
-        out: dict = {"students": {}}
+        out: dict[str, Any] = {"students": {}}
         teacher = self.gt_loss.flatten(teacher_output) if teacher_output is not None else None
         if teacher is not None:
             terms = self.gt_loss.compute(*teacher, match)
@@ -225,4 +227,4 @@ class DetectionKDMLLoss(nn.Module):
                 out["students"].setdefault(name, []).append(value)
         # 6. The backpropagated total of the students (the trainer adds the teacher's own loss when it trains it).
         out["loss"] = torch.stack(out["students"]["loss"]).sum()
-        return out
+        return cast(LossTerms, out)
