@@ -249,6 +249,8 @@ def load_pretrained(
     if mismatched or (strict and (missing or unexpected)) or not loadable:
         problems = [f"{len(v)} {label} {_listed(v)}" for label, v in _problem_lists(missing, unexpected, mismatched)]
         hint = _common_prefix_hint(list(state), list(own)) if unexpected else ""
+        if kind == WeightsSource.TORCHVISION:
+            hint += " torchvision layout: build the network with monai_kdml.networks.build_network."
         raise ValueError(
             f"{where} does not hold weights for the {name} (source='{kind}'): "
             + ("; ".join(problems) or "no tensor matches")

@@ -179,3 +179,13 @@ def test_timm_layout_with_imagenet_head(tmp_path: Path) -> None:
     assert torch.equal(net.pos_embed, imagenet.pos_embed) and net.head.weight.shape == (2, 192)
     with pytest.raises(ValueError, match=r"shape mismatches \[head\.weight"):
         load_pretrained(net, tmp_path / "vit.pth")  # source="state_dict" knows no head: strict
+
+
+def test_torchvision_source_names_the_biased_shortcut(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    from monai.networks.nets import ResNet
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
+    biased = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, conv1_t_stride=2, num_classes=1000)
+    with pytest.raises(ValueError, match=r"3 missing keys \[layer2\.0\.downsample\.0\.bias.*build_network"):
+        load_pretrained(biased, tmp_path / "r18.pth", source="torchvision")
