@@ -13,10 +13,12 @@ __all__ = [
     "TEACHER",
     "Mode",
     "TeacherMode",
+    "is_teacher_name",
     "loss_key",
     "network_names",
     "pred_key",
     "student_name",
+    "teacher_member_name",
     "term_key",
 ]
 
@@ -77,9 +79,23 @@ def student_name(index: int) -> str:
     return f"student_{index}"
 
 
-def network_names(num_students: int, ensemble: bool = True) -> list[str]:
-    """``["teacher", "student_0", ..., "student_{K-1}"]`` plus ``"ensemble"`` when ``ensemble`` is true."""
-    names = [TEACHER] + [student_name(k) for k in range(num_students)]
+def teacher_member_name(index: int) -> str:
+    """``teacher_<m>``: member ``m`` of a teacher ensemble (:class:`monai_kdml.networks.TeacherEnsemble`)."""
+    return f"{TEACHER}_{index}"
+
+
+def is_teacher_name(name: str) -> bool:
+    """Whether ``name`` is the teacher's or one of its members' (``teacher``, ``teacher_<m>``)."""
+    return name == TEACHER or (name.startswith(f"{TEACHER}_") and name[len(TEACHER) + 1 :].isdigit())
+
+
+def network_names(num_students: int, ensemble: bool = True, teacher_members: int = 0) -> list[str]:
+    """``["teacher", "student_0", ..., "student_{K-1}"]`` plus ``"ensemble"`` when ``ensemble`` is true.
+
+    With ``teacher_members = M > 0`` (a teacher ensemble), ``teacher_0 ... teacher_{M-1}`` follow ``teacher``.
+    """
+    members = [teacher_member_name(m) for m in range(teacher_members)]
+    names = [TEACHER, *members] + [student_name(k) for k in range(num_students)]
     return [*names, ENSEMBLE] if ensemble else names
 
 

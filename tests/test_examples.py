@@ -35,3 +35,13 @@ def test_3d_nifti_segmentation_example(tmp_path: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in results.values())
     assert len(list((tmp_path / "data").glob("*.nii.gz"))) == 12
     assert json.loads((tmp_path / "dice.json").read_text()) == results
+
+
+def test_teacher_ensemble_example(tmp_path: Path) -> None:
+    argv = ["--output-dir", str(tmp_path), "--epochs", "1", "--teacher-epochs", "1", "--size", "12"]
+    results = load("distil_teacher_ensemble").main([*argv, "--num-train", "32", "--num-val", "16"])
+    names = ("teacher", "teacher_0", "teacher_1", "teacher_2", "student_0", "student_1", "ensemble")
+    assert set(results) == {f"{n}_{m}" for n in names for m in ("auc", "acc")}
+    assert all(0.0 <= v <= 1.0 for v in results.values())
+    assert sorted(p.name for p in tmp_path.glob("teacher_*.pt")) == ["teacher_0.pt", "teacher_1.pt", "teacher_2.pt"]
+    assert json.loads((tmp_path / "metrics.json").read_text()) == results

@@ -14,8 +14,9 @@ from monai.utils import CommonKeys, ForwardMode
 from torch import nn
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import ENSEMBLE, network_names, pred_key
-from monai_kdml.networks.ensemble import StudentEnsemble
+from monai_kdml.keys import ENSEMBLE, TEACHER, network_names, pred_key, teacher_member_name
+from monai_kdml.networks.ensemble import StudentEnsemble, unwrap_module
+from monai_kdml.networks.teachers import TeacherEnsemble
 
 if TYPE_CHECKING:
     from ignite.engine import EventEnum
@@ -30,18 +31,21 @@ class KDMLEvaluator(Evaluator):
     Each iteration (mirroring :class:`~monai_kdml.engines.KDMLTrainer`):
 
     1. prepare the batch once;
-    2. run the teacher and each student once through the inferer;
+    2. run the teacher and each student once through the inferer (a
+       :class:`~monai_kdml.networks.TeacherEnsemble`: each member once, fused with its ``fuse``);
     3. fuse the students' predictions into the ensemble's with ``combine`` (no second pass through the students),
        or, when ``combine`` is ``None``, run ``ensemble`` as a network of its own (``FORWARD_COMPLETED``,
        ``MODEL_COMPLETED``).
 
-    Predictions land in ``pred_teacher``, ``pred_student_<k>`` and ``pred`` (the ensemble, MONAI's default key, so
+    Predictions land in ``pred_teacher``, ``pred_teacher_<m>`` (members of a teacher ensemble), ``pred_student_<k>``
+    and ``pred`` (the ensemble, MONAI's default key, so
     post-transforms and metrics written for one network apply to the deployed model unchanged). Entries of the batch
     named in ``batch_keys`` (e.g. the datalist's ``"patient"`` ids) are copied into the output, so metrics see them.
-    Arguments not listed follow :class:`monai.engines.Evaluator`.
+    Arguments not listed follow :class:`monai.engines.Evaluator`; score members with
+    ``classification_metrics(network_names(K, teacher_members=M))``.
 
     Args:
-        teacher: the teacher network.
+        teacher: the teacher network or a ``TeacherEnsemble``.
         students: the ``K`` students.
         ensemble: the deployable ensemble; default ``StudentEnsemble(students)``. It is what ``model.pt`` saves.
         combine: maps the students' predictions (a list, in order) to the ensemble's prediction. Default: the
@@ -130,11 +134,21 @@ class KDMLEvaluator(Evaluator):
             output[key] = batchdata[key]
         engine.state.output = output
         with torch.autocast("cuda", enabled=engine.amp, **engine.amp_kwargs):
-            # 2. one forward per network
+            # 2. one forward per network (per member of a teacher ensemble, fused without a second pass)
             preds = []
             for name, network in zip(engine.names, engine.networks, strict=True):
-                with engine.mode(network):
-                    preds.append(engine.inferer(inputs, network, *args, **kwargs))
+                plain = unwrap_module(network)
+                if name == TEACHER and isinstance(plain, TeacherEnsemble):
+                    members = []
+                    for m, member in enumerate(plain.members):
+                        with engine.mode(member):
+                            members.append(engine.inferer(inputs, member, *args, **kwargs))
+                        output[pred_key(teacher_member_name(m))] = members[-1]
+                    with torch.no_grad():
+                        preds.append(plain.fuse(members))
+                else:
+                    with engine.mode(network):
+                        preds.append(engine.inferer(inputs, network, *args, **kwargs))
                 output[pred_key(name)] = preds[-1]
             # 3. the ensemble, fused from the students' predictions when a rule is known
             if engine.combine is not None:

@@ -21,6 +21,9 @@ from torch.utils.data import DataLoader
 from monai_kdml.keys import TEACHER, Mode, TeacherMode, loss_key, network_names, student_name, term_key
 from monai_kdml.losses import DistillationLoss, LossTerms
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
+from monai_kdml.networks.precision import parse_dtype, run_in_dtype
+from monai_kdml.networks.teachers import TeacherEnsemble
+from monai_kdml.networks.weights import load_pretrained
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -51,7 +54,8 @@ class KDMLTrainer(Trainer):
     :class:`monai.engines.SupervisedTrainer` in name and meaning.
 
     Args:
-        teacher: the teacher network.
+        teacher: the teacher network, or a :class:`~monai_kdml.networks.TeacherEnsemble` of frozen networks (whose
+            mean probability is the KD target; ``teacher_mode="frozen"`` only, weights given to the ensemble).
         students: ``K >= 1`` student networks (distinct modules; outputs of the teacher's shape).
         student_optimizers: one optimizer per student, in the same order, each over its own student only.
         loss_function: :class:`monai_kdml.losses.KDMLLoss` or any module with its call contract
@@ -60,14 +64,18 @@ class KDMLTrainer(Trainer):
         teacher_optimizer: the teacher's optimizer; required when ``teacher_mode="online"``, absent when frozen.
         mode: ``"independent"``, ``"kd"``, ``"ml"`` or ``"kdml"`` (see :class:`monai_kdml.keys.Mode`).
         teacher_mode: ``"online"`` (trained in the same iterations) or ``"frozen"`` (pre-trained, eval mode, never
-            updated; needs ``teacher_checkpoint``).
+            updated; needs ``teacher_checkpoint`` unless the teacher is a ``TeacherEnsemble``).
         teacher_checkpoint: weights loaded into the teacher at construction (see :func:`load_teacher_weights`).
+        teacher_dtype: run a frozen teacher in this dtype (``"bfloat16"``; ``"float16"`` on CUDA only): its parameters
+            are cast once, its forward takes the batch in that dtype and hands float32 logits to the loss (see
+            :func:`monai_kdml.networks.run_in_dtype`). ``None`` (default): float32.
         combine: fuses the students' predictions into ``pred``; default: mean class probability
             (:func:`monai_kdml.networks.combine_student_logits`).
 
     Raises:
         ValueError: at construction, for no students, an unknown ``mode``/``teacher_mode``, mutual learning with one
-            student, a missing teacher optimizer or checkpoint, or students/optimizers that do not pair up.
+            student, a missing teacher optimizer or checkpoint, students/optimizers that do not pair up, an online
+            teacher ensemble, or a ``teacher_dtype`` on an online teacher (or float16 off CUDA).
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class KDMLTrainer(Trainer):
         mode: Mode | str = Mode.KDML,
         teacher_mode: TeacherMode | str = TeacherMode.ONLINE,
         teacher_checkpoint: str | Path | None = None,
+        teacher_dtype: torch.dtype | str | None = None,
         combine: Callable[[list], Any] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
@@ -107,14 +116,26 @@ class KDMLTrainer(Trainer):
         self.mode = Mode.parse(mode, "mode")
         self.teacher_mode = TeacherMode.parse(teacher_mode, "teacher_mode")
         _check_networks(teacher, students, student_optimizers, teacher_optimizer, self.mode, self.teacher_mode)
+        self.teacher_dtype = _check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
+        is_ensemble = isinstance(unwrap_module(teacher), TeacherEnsemble)
+        if is_ensemble and teacher_checkpoint is not None:
+            raise ValueError(
+                "`teacher_checkpoint`: a TeacherEnsemble takes one file per member (`TeacherEnsemble(weights=...)`)."
+            )
         if self.teacher_mode == TeacherMode.FROZEN:
-            if teacher_checkpoint is None:
+            if teacher_checkpoint is None and not is_ensemble:
                 raise ValueError(
                     "`teacher_checkpoint`: a frozen teacher needs pre-trained weights; give the checkpoint path "
                     "or use teacher_mode='online'."
                 )
-            load_teacher_weights(teacher, teacher_checkpoint)
+            if teacher_checkpoint is not None:
+                load_teacher_weights(teacher, teacher_checkpoint)
             teacher.requires_grad_(False)
+            if self.teacher_dtype is not None:
+                # members one by one, so the evaluator's per-member forward passes take float32 batches too
+                plain = unwrap_module(teacher)
+                for network in plain.members if isinstance(plain, TeacherEnsemble) else [teacher]:
+                    run_in_dtype(network, self.teacher_dtype)
         elif teacher_checkpoint is not None:
             load_teacher_weights(teacher, teacher_checkpoint)  # online teacher warm-started from a checkpoint
         super().__init__(
@@ -182,7 +203,9 @@ class KDMLTrainer(Trainer):
         with torch.autocast(engine.state.device.type, enabled=engine.use_amp, **engine.amp_kwargs):
             # 2. one forward per network
             engine.teacher.train(online)
-            with torch.set_grad_enabled(online):
+            # a teacher in its own dtype runs outside autocast, which would recast its bfloat16 weights
+            teacher_autocast = engine.use_amp and engine.teacher_dtype is None
+            with torch.set_grad_enabled(online), torch.autocast(engine.state.device.type, enabled=teacher_autocast):
                 teacher_pred = engine.inferer(net_inputs, engine.teacher, *args, **kwargs)
             student_preds = []
             for student in engine.students:
@@ -232,32 +255,32 @@ class KDMLTrainer(Trainer):
 
 
 def load_teacher_weights(teacher: nn.Module, checkpoint: str | Path) -> None:
-    """Load pre-trained teacher weights.
+    """Load pre-trained teacher weights: :func:`monai_kdml.networks.load_pretrained`, strict, quoting
+    ``teacher_checkpoint`` in errors.
 
     Accepts a plain ``state_dict`` of the teacher or a checkpoint dict holding it under ``"teacher"`` (what
     monai-kdml's bundles save), ``"model"``, ``"network"`` or ``"state_dict"``.
 
-    Args:
-        teacher: the network to fill (its plain module is used if it is wrapped).
-        checkpoint: path of a ``torch.save`` file.
-
     Raises:
         FileNotFoundError: no file at ``checkpoint``.
-        ValueError: the file holds no weights that fit the teacher.
+        ValueError: the file holds no weights that fit the teacher (nothing is then loaded).
     """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"`teacher_checkpoint`: no file at {path}.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in (TEACHER, "model", "network", "state_dict"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    try:
-        unwrap_module(teacher).load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise ValueError(f"`teacher_checkpoint`: {path} does not hold weights for the teacher: {err}") from None
-    logger.info("Teacher weights loaded from %s.", path)
+    load_pretrained(teacher, checkpoint, config_key="teacher_checkpoint", name=TEACHER)
+
+
+def _check_teacher_dtype(
+    value: torch.dtype | str | None, teacher_mode: TeacherMode, device: str | torch.device
+) -> torch.dtype | None:
+    dtype = parse_dtype(value, "teacher_dtype")
+    if dtype is None or dtype == torch.float32:
+        return None
+    if teacher_mode == TeacherMode.ONLINE:
+        raise ValueError(
+            "`teacher_dtype` needs teacher_mode='frozen': an online teacher trains, use `amp=True` for mixed precision."
+        )
+    if dtype == torch.float16 and torch.device(device).type != "cuda":
+        raise ValueError(f"`teacher_dtype`='float16' runs on CUDA only (device {device}); use 'bfloat16'.")
+    return dtype
 
 
 def _check_networks(
@@ -290,6 +313,10 @@ def _check_networks(
         raise ValueError(
             f"`student_optimizers` must hold one optimizer per student: {len(student_optimizers)} for "
             f"{len(students)} students."
+        )
+    if teacher_mode == TeacherMode.ONLINE and isinstance(unwrap_module(teacher), TeacherEnsemble):
+        raise ValueError(
+            "`teacher`: a TeacherEnsemble is frozen by design; use teacher_mode='frozen' and teacher_optimizer=None."
         )
     if teacher_mode == TeacherMode.ONLINE and teacher_optimizer is None:
         raise ValueError("`teacher_optimizer` is required when `teacher_mode`='online'.")

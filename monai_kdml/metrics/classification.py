@@ -26,7 +26,7 @@ from ignite.metrics import Accuracy, Fbeta, Metric, Recall
 from monai.handlers import ROCAUC, ConfusionMatrix
 from monai.networks.utils import one_hot
 
-from monai_kdml.keys import ENSEMBLE, TEACHER, pred_key
+from monai_kdml.keys import ENSEMBLE, is_teacher_name, pred_key
 from monai_kdml.metrics.disagreement import StudentDisagreement
 
 __all__ = [
@@ -189,7 +189,7 @@ def classification_metrics(
         metrics[f"{name}_auc"] = ROCAUC(output_transform=ProbabilityOutput(key, num_classes, label_key))
         for suffix, metric in _confusion_metrics(key, num_classes, label_key).items():
             metrics[f"{name}_{suffix}"] = metric
-    students = [name for name in network_names if name not in (TEACHER, ENSEMBLE)]
+    students = [name for name in network_names if name != ENSEMBLE and not is_teacher_name(name)]
     if len(students) >= 2:
         transform_students = StudentLogitsOutput([pred_key(name) for name in students])
         metrics["disagreement"] = StudentDisagreement(output_transform=transform_students)

@@ -1,15 +1,36 @@
-"""Networks: the deployable student ensemble and the teacher-student presets."""
+"""Networks: the deployable student ensemble, teachers (pretrained, lower precision, ensembles) and the presets."""
 
 from monai_kdml.networks.ensemble import StudentEnsemble, combine_student_logits, unwrap_module
-from monai_kdml.networks.presets import NETWORKS, PRESETS, TeacherStudentPreset, build_network, get_preset
+from monai_kdml.networks.precision import parse_dtype, run_in_dtype
+from monai_kdml.networks.presets import (
+    NETWORKS,
+    PRESETS,
+    TIMM_PREFIX,
+    TeacherStudentPreset,
+    build_network,
+    get_preset,
+)
+from monai_kdml.networks.registry import Registry
+from monai_kdml.networks.teachers import TeacherEnsemble
+from monai_kdml.networks.weights import CHECKPOINT_KEYS, WeightsSource, apply_key_map, load_pretrained, read_state_dict
 
 __all__ = [
+    "CHECKPOINT_KEYS",
     "NETWORKS",
     "PRESETS",
+    "TIMM_PREFIX",
+    "Registry",
     "StudentEnsemble",
+    "TeacherEnsemble",
     "TeacherStudentPreset",
+    "WeightsSource",
+    "apply_key_map",
     "build_network",
     "combine_student_logits",
     "get_preset",
+    "load_pretrained",
+    "parse_dtype",
+    "read_state_dict",
+    "run_in_dtype",
     "unwrap_module",
 ]

@@ -33,6 +33,7 @@ from monai.utils import ensure_tuple_rep, look_up_option
 from torch import Tensor, nn
 
 from monai_kdml.keys import TEACHER, student_name
+from monai_kdml.networks.registry import Registry
 
 __all__ = [
     "BACKBONES",
@@ -263,38 +264,46 @@ class DetectionPreset:
         return self.spec.anchor_generator()
 
 
-# Kvasir-SEG boxes resized with their frame to 160 px: median side ~62 px, 5-95 % 24-123 px, max 160 px.
-# Levels at strides 4/8/16 with 16-32 px base anchors cover 16-128 px.
-PRESETS: dict[str, DetectionPreset] = {
-    # unit tests and smoke runs: 64 px images, a few thousand parameters per head.
-    "tiny": DetectionPreset(
+PRESETS: Registry[DetectionPreset] = Registry("preset")
+"""Named teacher/student detector pairs; see :func:`get_preset`."""
+
+# unit tests and smoke runs: 64 px images, a few thousand parameters per head.
+PRESETS.register(
+    "tiny",
+    DetectionPreset(
         spec=DetectorSpec(returned_layers=(1, 2), base_anchor_shapes=((8, 8), (16, 16))),
         teacher=NetworkConfig("resnet10", fpn_channels=16, widen_factor=0.25),
         student=NetworkConfig("resnet10", fpn_channels=8, widen_factor=0.125),
         image_size=64,
     ),
-    # two CPU cores: teacher = ResNet18 stages 1-2 + 64-ch FPN, students = half-width ResNet10 + 32-ch FPN, 160 px.
-    "cpu": DetectionPreset(
+)
+# Kvasir-SEG boxes resized with their frame to 160 px: median side ~62 px, 5-95 % 24-123 px, max 160 px.
+# Levels at strides 4/8/16 with 16-32 px base anchors cover 16-128 px.
+# two CPU cores: teacher = ResNet18 stages 1-2 + 64-ch FPN, students = half-width ResNet10 + 32-ch FPN, 160 px.
+PRESETS.register(
+    "cpu",
+    DetectionPreset(
         spec=DetectorSpec(returned_layers=(1, 2), base_anchor_shapes=((16, 16), (24, 24), (32, 32))),
         teacher=NetworkConfig("resnet18", fpn_channels=64, widen_factor=1.0),
         student=NetworkConfig("resnet10", fpn_channels=32, widen_factor=0.5),
         image_size=160,
     ),
-    # one GPU: ResNet50 -> ResNet18, MONAI's 256-channel FPN, stages 1-3 (strides 4-32), 512 px.
-    "gpu": DetectionPreset(
+)
+# one GPU: ResNet50 -> ResNet18, MONAI's 256-channel FPN, stages 1-3 (strides 4-32), 512 px.
+PRESETS.register(
+    "gpu",
+    DetectionPreset(
         spec=DetectorSpec(returned_layers=(1, 2, 3), base_anchor_shapes=((32, 32), (48, 48), (64, 64))),
         teacher=NetworkConfig("resnet50", fpn_channels=256, widen_factor=1.0),
         student=NetworkConfig("resnet18", fpn_channels=256, widen_factor=1.0),
         image_size=512,
     ),
-}
-"""Named teacher/student pairs; see :func:`get_preset`."""
+)
 
 
 def get_preset(name: str) -> DetectionPreset:
     """The preset called ``name`` (one of :data:`PRESETS`); a typo raises ``ValueError`` with a suggestion."""
-    preset: DetectionPreset = look_up_option(name, PRESETS)
-    return preset
+    return PRESETS.get(name)
 
 
 _ALIGNED_ATTRIBUTES = ("spatial_dims", "num_classes", "num_anchors", "size_divisible", "cls_key", "box_reg_key")
