@@ -163,7 +163,7 @@ def check_options(**options: Any) -> None:
     Known keys (each optional): ``mode``, ``teacher_mode``, ``num_students``, ``max_epochs``, ``batch_size``,
     ``val_interval``, ``learning_rate``, ``temperature``, ``weight_decay``, ``warmup_epochs``, ``ce_weight``,
     ``gt_weight``, ``kd_weight``, ``ml_weight``, ``teacher_ensemble_weight``, ``num_workers``, ``dataset_dir``,
-    ``teacher_ckpt``. Other keys are an error (a typo in a bundle).
+    ``teacher_weights``, ``student_weights``. Other keys are an error (a typo in a bundle).
 
     Raises:
         ValueError: e.g. "`kd_weight` must be a finite number >= 0, got -5".
@@ -184,18 +184,25 @@ def check_options(**options: Any) -> None:
                     f"`dataset_dir` is {value!r}: give a data set folder, or leave it out (null) to train on the "
                     "synthetic demo data (an empty value is refused: it is usually an unset variable)."
                 )
-        elif key == "teacher_ckpt":
-            if value is not None and not Path(str(value)).is_file():
-                raise ValueError(f"`teacher_ckpt`: no file at {value}.")
+        elif key in ("teacher_weights", "student_weights"):
+            files = [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
+            for file in files:
+                if file is not None and not Path(str(file)).is_file():
+                    raise ValueError(f"`{key}`: no file at {file}.")
         else:
             raise ValueError(f"check_options: unknown option `{key}`.")
     mode = Mode.parse(options.get("mode", Mode.KDML), "mode")
     if mode.uses_ml and options.get("num_students", 2) < 2:
         raise ValueError(f"`mode`='{mode}' uses mutual learning between peers: `num_students` must be >= 2.")
-    if TeacherMode.parse(options.get("teacher_mode", "online")) == TeacherMode.FROZEN and not options.get(
-        "teacher_ckpt", "given"
-    ):
-        raise ValueError("`teacher_mode`='frozen' needs pre-trained weights: set `teacher_ckpt`.")
+    frozen = TeacherMode.parse(options.get("teacher_mode", "online")) == TeacherMode.FROZEN
+    teacher_weights = options.get("teacher_weights", "given")
+    if frozen and teacher_weights is None:
+        raise ValueError("`teacher_mode`='frozen' needs pre-trained weights: set `teacher_weights`.")
+    if not frozen and isinstance(teacher_weights, (list, tuple)):
+        raise ValueError(
+            f"`teacher_weights` lists {len(teacher_weights)} files: an ensemble of teachers is frozen; "
+            "set `teacher_mode` to 'frozen'."
+        )
 
 
 def _check_number(key: str, value: Any, positive: bool) -> None:

@@ -64,7 +64,7 @@ class KDMLTrainer(Trainer):
         teacher_optimizer: the teacher's optimizer; required when ``teacher_mode="online"``, absent when frozen.
         mode: ``"independent"``, ``"kd"``, ``"ml"`` or ``"kdml"`` (see :class:`monai_kdml.keys.Mode`).
         teacher_mode: ``"online"`` (trained in the same iterations) or ``"frozen"`` (pre-trained, eval mode, never
-            updated; needs ``teacher_checkpoint`` unless the teacher is a ``TeacherEnsemble``).
+            updated; its weights come from ``teacher_checkpoint`` or were loaded by the caller).
         teacher_checkpoint: weights loaded into the teacher at construction (see :func:`load_teacher_weights`).
         teacher_dtype: run a frozen teacher in this dtype (``"bfloat16"``; ``"float16"`` on CUDA only): its parameters
             are cast once, its forward takes the batch in that dtype and hands float32 logits to the loss (see
@@ -123,11 +123,7 @@ class KDMLTrainer(Trainer):
                 "`teacher_checkpoint`: a TeacherEnsemble takes one file per member (`TeacherEnsemble(weights=...)`)."
             )
         if self.teacher_mode == TeacherMode.FROZEN:
-            if teacher_checkpoint is None and not is_ensemble:
-                raise ValueError(
-                    "`teacher_checkpoint`: a frozen teacher needs pre-trained weights; give the checkpoint path "
-                    "or use teacher_mode='online'."
-                )
+            # the weights come from `teacher_checkpoint` or were loaded by the caller (e.g. `load_pretrained`)
             if teacher_checkpoint is not None:
                 load_teacher_weights(teacher, teacher_checkpoint)
             teacher.requires_grad_(False)

@@ -1,6 +1,7 @@
 """Networks: the deployable student ensemble, teachers (pretrained, lower precision, ensembles) and the presets."""
 
 from monai_kdml.networks.ensemble import StudentEnsemble, combine_student_logits, unwrap_module
+from monai_kdml.networks.factories import build_students, build_teacher, teacher_members
 from monai_kdml.networks.precision import parse_dtype, run_in_dtype
 from monai_kdml.networks.presets import (
     NETWORKS,
@@ -26,11 +27,14 @@ __all__ = [
     "WeightsSource",
     "apply_key_map",
     "build_network",
+    "build_students",
+    "build_teacher",
     "combine_student_logits",
     "get_preset",
     "load_pretrained",
     "parse_dtype",
     "read_state_dict",
     "run_in_dtype",
+    "teacher_members",
     "unwrap_module",
 ]

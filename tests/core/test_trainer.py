@@ -224,9 +224,11 @@ class TestConstructionErrors:
     def test_one_student_without_ml_is_fine(self, toy) -> None:
         make_trainer(toy, "kd", num_students=1, train_data_loader=toy.loader(8, 8)).run()
 
-    def test_frozen_teacher_without_weights(self, toy) -> None:
-        with pytest.raises(ValueError, match="`teacher_checkpoint`"):
-            make_trainer(toy, teacher_mode="frozen")
+    def test_frozen_teacher_loaded_by_the_caller_needs_no_checkpoint(self, toy) -> None:
+        teacher = toy.tiny_net(8, seed=0)
+        before = params(teacher)
+        make_trainer(toy, teacher=teacher, teacher_mode="frozen", train_data_loader=toy.loader(8, 8)).run()
+        assert same(params(teacher), before) and not any(p.requires_grad for p in teacher.parameters())
 
     def test_frozen_teacher_missing_file(self, toy, tmp_path) -> None:
         with pytest.raises(FileNotFoundError, match="teacher_checkpoint"):

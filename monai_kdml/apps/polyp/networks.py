@@ -253,11 +253,15 @@ class DetectionPreset:
         """A fresh (random) teacher."""
         return build_retinanet(self.spec, **vars(self.teacher))
 
+    def build_student(self) -> RetinaNet:
+        """A fresh (random) student."""
+        return build_retinanet(self.spec, **vars(self.student))
+
     def build_students(self, num_students: int) -> list[RetinaNet]:
         """``num_students`` independently initialised students."""
         if num_students < 1:
             raise ValueError(f"`num_students` must be >= 1, got {num_students}.")
-        return [build_retinanet(self.spec, **vars(self.student)) for _ in range(num_students)]
+        return [self.build_student() for _ in range(num_students)]
 
     def anchor_generator(self) -> AnchorGeneratorWithAnchorShape:
         """The anchor generator of :attr:`spec`."""

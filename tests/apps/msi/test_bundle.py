@@ -46,7 +46,7 @@ def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
     record = json.loads((trained / "models" / "network.json").read_text())
     assert record == {
         "bundle": "msi", "preset": "demo", "teacher_network": "resnet18", "student_network": "resnet10_slim",
-        "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32,
+        "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32, "teacher_members": 0,
     }  # fmt: skip
 
 
@@ -210,6 +210,41 @@ def test_external_cohort_is_scored_whole(msi_bundle, trained: Path, real_tiles: 
     assert "EXTERNAL cohort" in summary and "72 tiles of 72 read, 0 skipped" in summary
     with (report / "tile_scores.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 72  # every tile, nothing re-split
+
+
+def test_an_ensemble_of_saved_teachers_is_distilled(msi_bundle, tmp_path: Path) -> None:
+    files = []
+    for m in range(3):  # three "folds" saved as plain state dicts, as a model zoo hands them out
+        torch.manual_seed(m)
+        files.append(tmp_path / f"fold{m}.pt")
+        torch.save(build_network("resnet18").state_dict(), files[-1])
+    msi_bundle.cli(
+        "--bundle_root", str(tmp_path / "run"), "--max_epochs", "1", *TINY, "--teacher_mode", "frozen", "--mode", "kd",
+        "--teacher_weights", repr([str(f) for f in files]),
+    )  # fmt: skip
+    with (tmp_path / "run" / "eval" / "metrics_history.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert all(0 <= float(row[f"teacher_{m}_auc"]) <= 1 for m in range(3)) and "teacher_auc" in row
+    assert json.loads((tmp_path / "run" / "models" / "network.json").read_text())["teacher_members"] == 3
+    best = torch.load(tmp_path / "run" / "models" / "best_networks.pt", weights_only=True)["teacher"]
+    saved = torch.load(files[1], weights_only=True)
+    assert all(torch.equal(best[f"members.1.{k}"], v) for k, v in saved.items())  # frozen: never updated
+
+
+def test_students_start_from_torchvision_weights_and_bad_files_are_named(msi_bundle, tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    teacher_file = tmp_path / "resnet18_imagenet_layout.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), teacher_file)  # random, nothing downloads
+    run = tmp_path / "run"
+    msi_bundle.cli(
+        "--bundle_root", str(run), "--max_epochs", "1", *TINY, "--teacher_weights", str(teacher_file),
+        "--teacher_weights_source", "torchvision",
+    )  # fmt: skip
+    assert (run / "models" / "model.pt").is_file()
+    out = msi_bundle.cli(
+        "--bundle_root", str(tmp_path / "bad"), *TINY, "--student_weights", str(teacher_file), check=False
+    )  # a ResNet18 file for ResNet10-slim students
+    assert out.returncode != 0 and "student_weights" in out.stdout + out.stderr
 
 
 def test_factory_defaults_equal_the_bundle_demo_settings(msi_bundle) -> None:

@@ -96,7 +96,7 @@ def test_training_resumes_from_the_last_checkpoint(polyp_bundle, trained: Path, 
 
 def test_frozen_teacher_is_loaded_and_never_updated(polyp_bundle, trained: Path, tmp_path: Path) -> None:
     ckpt = trained / "models" / "best_networks.pt"
-    override = {"bundle_root": str(tmp_path), "teacher_mode": "frozen", "teacher_ckpt": str(ckpt), "mode": "kd"}
+    override = {"bundle_root": str(tmp_path), "teacher_mode": "frozen", "teacher_weights": str(ckpt), "mode": "kd"}
     workflow = polyp_bundle.workflow("train.json", "train", max_epochs=1, **{**TINY, **override})
     teacher = workflow.parser.get_parsed_content("teacher").state_dict()
     saved = torch.load(ckpt, weights_only=True)["teacher"]

@@ -1,0 +1,81 @@
+"""Build the teacher and the students of a run, initialised from the weight files a configuration names.
+
+The bundles' ``teacher_weights`` and ``student_weights`` keys land here: ``None`` (random init), one file, or a list
+of files. A list of teacher files makes a :class:`~monai_kdml.networks.TeacherEnsemble` (frozen members whose mean
+probability is the KD target); a list of student files gives each student its own initialisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from torch import nn
+
+from monai_kdml.keys import TEACHER, student_name
+from monai_kdml.networks.teachers import TeacherEnsemble
+from monai_kdml.networks.weights import WeightsSource, load_pretrained
+
+__all__ = ["build_students", "build_teacher", "teacher_members"]
+
+WeightFiles = str | Path | Sequence[str | Path | None] | None
+
+
+def teacher_members(teacher_weights: WeightFiles) -> int:
+    """How many ensemble members ``teacher_weights`` asks for: the list's length, or 0 for one teacher network."""
+    return 0 if teacher_weights is None or isinstance(teacher_weights, (str, Path)) else len(teacher_weights)
+
+
+def build_teacher(
+    factory: Callable[[], nn.Module],
+    weights: WeightFiles = None,
+    source: WeightsSource | str = WeightsSource.STATE_DICT,
+    key_map: Mapping[str, str] | None = None,
+) -> nn.Module:
+    """The teacher: ``factory()`` initialised from ``weights``, or a frozen ensemble of one ``factory()`` per file.
+
+    Args:
+        factory: builds one (random) teacher network.
+        weights: ``None``, a file (see :func:`~monai_kdml.networks.load_pretrained`), or a list of files (an
+            ensemble teacher; ``None`` entries leave a member random, e.g. before a checkpoint is loaded into it).
+        source: how the files name their parameters (``"state_dict"``, ``"torchvision"``, ``"timm"``).
+        key_map: prefix renames applied to every file.
+
+    Raises:
+        ValueError: a file that does not fit (naming ``teacher_weights``), or an empty list.
+    """
+    if weights is None or isinstance(weights, (str, Path)):
+        return load_pretrained(factory(), weights, source, key_map, config_key="teacher_weights", name=TEACHER)
+    files = list(weights)
+    if not files:
+        raise ValueError("`teacher_weights` is an empty list: give one file per ensemble member, or null.")
+    return TeacherEnsemble([factory() for _ in files], weights=files, source=source, key_map=key_map)
+
+
+def build_students(
+    factory: Callable[[], nn.Module],
+    num_students: int,
+    weights: WeightFiles = None,
+    source: WeightsSource | str = WeightsSource.STATE_DICT,
+    key_map: Mapping[str, str] | None = None,
+) -> list[nn.Module]:
+    """``num_students`` independently built students, each initialised from its file of ``weights``.
+
+    Args:
+        factory: builds one (random) student network; called once per student.
+        num_students: ``K``.
+        weights: ``None``, one file for every student, or a list of ``K`` files (``None`` entries stay random).
+        source, key_map: as in :func:`build_teacher`.
+
+    Raises:
+        ValueError: a list of another length than ``num_students``, or a file that does not fit.
+    """
+    files: list[str | Path | None] = (
+        [weights] * num_students if weights is None or isinstance(weights, (str, Path)) else list(weights)
+    )
+    if len(files) != num_students:
+        raise ValueError(f"`student_weights` lists {len(files)} files for {num_students} students (`num_students`).")
+    return [
+        load_pretrained(factory(), file, source, key_map, config_key="student_weights", name=student_name(k))
+        for k, file in enumerate(files)
+    ]
