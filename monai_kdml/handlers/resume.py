@@ -60,9 +60,9 @@ class CheckpointInfo:
         path: the file.
         iteration: the trainer's iteration count in it (the state after that many iterations).
         epoch_length: iterations per epoch (``None`` if unknown).
-        run_started: wall-clock time at which the run it belongs to started fresh (``0.0`` for files of other
-            savers); runs resumed from it keep the value, so it tells runs apart in a shared folder.
-        mtime: the file's modification time (last tie-breaker only).
+        run_started: wall-clock time at which the run it belongs to started fresh (runs resumed from it keep the
+            value, so it tells runs apart in a shared folder); ``0.0`` for files of other savers.
+        mtime: the file's modification time.
     """
 
     path: Path
@@ -83,8 +83,12 @@ class CheckpointInfo:
 
     @property
     def newness(self) -> tuple[float, int, float]:
-        """Sort key: the latest-started run first, then the most iterations, then the latest write."""
-        return (self.run_started, self.iteration, self.mtime)
+        """Sort key: the latest-started run, then the most iterations, then the latest write.
+
+        Files of other savers (MONAI's ``CheckpointSaver``) carry no run start; their write time stands in for it,
+        which orders them by modification time as before.
+        """
+        return (self.run_started or self.mtime, self.iteration, self.mtime)
 
     def describe(self) -> str:
         """E.g. ``epoch 3, iteration 24`` or ``epoch 3 + 5 of 8 iterations of epoch 4``."""
@@ -137,7 +141,8 @@ def find_resume_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> 
 
     "Newest" is read from inside the files, not from their modification times: the checkpoint of the most recently
     started run (runs resumed from a checkpoint carry its start time on), and within it the one with the most
-    trainer iterations. Damaged, truncated or refused files are skipped with a warning naming them.
+    trainer iterations (see :attr:`CheckpointInfo.newness`). Damaged, truncated or refused files are skipped with a
+    warning naming them.
     """
     folder = Path(ckpt_dir)
     found: list[CheckpointInfo] = []

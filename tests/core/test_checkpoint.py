@@ -25,6 +25,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver
 
 from monai_kdml.handlers import (
     CheckpointMismatchError,
@@ -269,6 +270,21 @@ def test_resume_into_another_configuration_is_a_clear_error_and_loads_nothing(
     assert expected + "(6, 1, 3, 3) configured" in str(err.value)
     assert "`students[1]`" in str(err.value)
     assert torch.equal(weights(toy_run, wider), before)
+
+
+def test_resumes_a_checkpoint_of_monai_checkpoint_saver(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path
+) -> None:
+    """Runs started with today's bundles (MONAI's CheckpointSaver) can be continued with TrainingCheckpoint."""
+    first = toy_run.build(tmp_path / "monai", max_epochs=2)
+    objects = {**first.checkpoint.save_dict, "trainer": first.trainer}
+    CheckpointSaver(str(tmp_path / "monai"), objects, save_interval=1, n_saved=1).attach(first.trainer)
+    first.trainer.run()
+    legacy = tmp_path / "monai" / "checkpoint_epoch=2.pt"
+    assert "checkpointer" not in torch.load(legacy, weights_only=True)
+    resumed = toy_run.build(tmp_path / "new", max_epochs=3, resume_from=legacy)
+    resumed.trainer.run()
+    assert torch.equal(weights(toy_run, resumed), reference(3)[1])
 
 
 def test_resume_checkpoint_says_fresh_run_or_where_it_resumes(
