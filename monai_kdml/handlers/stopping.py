@@ -47,7 +47,8 @@ class TrainingInterrupted(SystemExit):
 
 
 def capture_rng() -> dict[str, Any]:
-    """The global RNG states (Python, NumPy, torch, CUDA if initialised), in types ``weights_only`` loads."""
+    """The global RNG states (Python, NumPy, torch, the current CUDA device if initialised), in types that
+    ``weights_only`` loading accepts."""
     name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -55,7 +56,7 @@ def capture_rng() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only: others may be other ranks'
     return state
 
 
@@ -67,7 +68,7 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def run_first_on_exception(engine: Engine, handler: Callable) -> None:
