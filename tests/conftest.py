@@ -6,7 +6,12 @@ tiny CNNs) is what the engine tests train on.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 
 # OpenMP threads that spin while waiting make small ops ~100x slower when another process holds a core
@@ -64,3 +69,40 @@ def blob_loader(num: int = 64, batch_size: int = 16, seed: int = 0, shuffle: boo
 def toy() -> SimpleNamespace:
     """The toy problem: ``toy.BlobDataset``, ``toy.tiny_net(width, num_classes, seed)``, ``toy.loader(...)``."""
     return SimpleNamespace(BlobDataset=BlobDataset, tiny_net=tiny_net, loader=blob_loader)
+
+
+KILLING = Path(__file__).resolve().parent / "killing.py"
+CHILD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _child_env() -> dict[str, str]:
+    repo = str(KILLING.parents[1])
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, **CHILD_ENV, "PYTHONPATH": path}
+
+
+@pytest.fixture(scope="session")
+def child_env() -> dict[str, str]:
+    """The environment of test subprocesses: this checkout importable, one thread, unbuffered output, no GPU."""
+    return _child_env()
+
+
+@pytest.fixture(scope="session")
+def kill_driver() -> Callable[..., dict]:
+    """``kill_driver(spec, timeout=300)``: run ``tests/killing.py`` on ``spec`` in a subprocess; returns its report.
+
+    ``spec`` (JSON-able): ``entry`` (a file with ``train(workdir, resume, **kwargs)``), ``workdir``, ``seeds``,
+    ``kills_per_seed``, optional ``kwargs``, ``ckpt_subdir`` ("models"), ``prefix`` ("checkpoint"), ``final``,
+    ``compare`` (files that must be byte-identical to the reference run's), ``write_fraction`` (0.5), ``timeout``.
+    """
+
+    def run(spec: dict, timeout: float = 300) -> dict:
+        result = subprocess.run(
+            [sys.executable, str(KILLING), json.dumps(spec)], capture_output=True, text=True, timeout=timeout,
+            env=_child_env(),
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise AssertionError(f"kill driver failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    return run

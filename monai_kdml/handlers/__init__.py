@@ -1,20 +1,49 @@
-"""Ignite handlers: warm-up schedules, the non-finite-loss guard, per-epoch seeding and named output transforms."""
+"""Ignite handlers: checkpoints and resume, model selection, warm-up schedules, the non-finite-loss guard, per-epoch
+seeding and named output transforms."""
 
-from monai_kdml.handlers.checkpoint import latest_checkpoint
+from monai_kdml.handlers.checkpoint import TrainingCheckpoint, atomic_save, remove_stale_temporaries
 from monai_kdml.handlers.guards import NonFiniteLossError, NonFiniteLossGuard
 from monai_kdml.handlers.history import MetricsHistoryWriter
 from monai_kdml.handlers.outputs import loss_terms
+from monai_kdml.handlers.resume import (
+    CheckpointInfo,
+    CheckpointMismatchError,
+    CheckpointReadError,
+    check_checkpoint,
+    find_resume_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    resume_checkpoint,
+)
 from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, WarmupHandler
 from monai_kdml.handlers.seeding import EpochSeedHandler
+from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState
+from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted
 
 __all__ = [
     "AttributeSetter",
+    "BestModelSaver",
+    "CheckpointInfo",
+    "CheckpointMismatchError",
+    "CheckpointReadError",
     "EpochSeedHandler",
     "LrScheduleHandlerGroup",
     "MetricsHistoryWriter",
+    "ModelSelectionState",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
+    "StopGuard",
+    "TrainingCheckpoint",
+    "TrainingInterrupted",
     "WarmupHandler",
+    "atomic_save",
+    "check_checkpoint",
+    "find_resume_checkpoint",
     "latest_checkpoint",
+    "load_checkpoint",
     "loss_terms",
+    "read_checkpoint",
+    "remove_stale_temporaries",
+    "resume_checkpoint",
 ]

@@ -1,0 +1,323 @@
+"""Checkpoints that never lose work (issue 8): atomic files, the newest readable checkpoint, model selection across a
+resume, crash and stop checkpoints whatever the handler order, SIGTERM in a real process, ``n_saved`` across
+processes, configuration mismatches, and SIGKILL at random moments.
+
+The run is ``tests/core/toy_run.py``: a teacher with dropout and two students on augmented blobs, validated every
+epoch with a key metric scripted to peak at epoch 2, MONAI's ``StatsHandler`` first in ``train_handlers`` and
+:class:`TrainingCheckpoint` last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointSaver
+
+from monai_kdml.handlers import (
+    CheckpointMismatchError,
+    CheckpointReadError,
+    NonFiniteLossError,
+    TrainingInterrupted,
+    atomic_save,
+    remove_stale_temporaries,
+    resume_checkpoint,
+)
+
+EPOCH = 6  # iterations per epoch of the toy run (48 samples, batches of 8)
+
+
+class At:
+    """A handler running ``action(engine)`` at ``event``."""
+
+    def __init__(self, event: Any, action: Callable) -> None:
+        self.event, self.action = event, action
+
+    def attach(self, engine: Any) -> None:
+        engine.add_event_handler(self.event, self.action)
+
+
+def sigint(_engine: Any = None) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def reference(toy_run: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Any]:
+    """``reference(max_epochs)``: the uninterrupted run's folder and final weights (computed once per length)."""
+    cache: dict[int, Any] = {}
+
+    def get(max_epochs: int) -> Any:
+        if max_epochs not in cache:
+            folder = tmp_path_factory.mktemp(f"reference{max_epochs}")
+            run = toy_run.train(folder, max_epochs=max_epochs)
+            cache[max_epochs] = (folder / "models", toy_run.weights([run.teacher, *run.students]))
+        return cache[max_epochs]
+
+    return get
+
+
+def weights(toy_run: ModuleType, run: Any) -> torch.Tensor:
+    return toy_run.weights([run.teacher, *run.students])
+
+
+def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "checkpoint_epoch=1.pt"
+    atomic_save({"x": torch.ones(3)}, path)
+    before = path.read_bytes()
+
+    def dies_half_way(obj: Any, f: Any) -> None:
+        f.write(before[: len(before) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        atomic_save({"x": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # the temporary file is gone too
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # group/others may read, as with torch.save
+
+
+def test_temporaries_of_killed_processes_are_removed(tmp_path: Path) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".checkpoint_epoch=3.pt.tmp-{dead.pid}-ab12cd34"
+    live = tmp_path / f".model.pt.tmp-{os.getpid()}-ab12cd34"
+    for p in (stale, live):
+        p.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert live.exists()
+
+
+def test_resume_takes_the_newest_readable_checkpoint_by_content(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    toy_run.train(tmp_path, max_epochs=2, n_saved=2)
+    models = tmp_path / "models"
+    final = models / "checkpoint_final.pt"
+    final.write_bytes(final.read_bytes()[:1000])  # what a crash left (the newest file by mtime)
+    with caplog.at_level(logging.WARNING):
+        assert Path(resume_checkpoint(models, resume=True)).name == "checkpoint_epoch=2.pt"  # type: ignore[arg-type]
+    assert "checkpoint_final.pt" in caplog.text and "truncated" in caplog.text
+    os.utime(models / "checkpoint_epoch=1.pt")  # touched last, but holds less training: content beats mtime
+    assert Path(resume_checkpoint(models, resume=True)).name == "checkpoint_epoch=2.pt"  # type: ignore[arg-type]
+    (models / "checkpoint_epoch=2.pt").write_bytes(b"")
+    assert Path(resume_checkpoint(models, resume=True)).name == "checkpoint_epoch=1.pt"  # type: ignore[arg-type]
+    resumed = toy_run.train(tmp_path, resume=True, max_epochs=3)
+    assert torch.equal(weights(toy_run, resumed), reference(3)[1])
+
+
+def test_a_fresh_run_beside_an_older_run_resumes_its_own_checkpoint(toy_run: ModuleType, tmp_path: Path) -> None:
+    toy_run.train(tmp_path, max_epochs=3)  # leaves checkpoint_epoch=3.pt (iteration 18)
+    with pytest.raises(TrainingInterrupted):
+        toy_run.train(tmp_path, max_epochs=3, before_checkpoint=[At(Events.ITERATION_COMPLETED(once=9), sigint)])
+    path = resume_checkpoint(tmp_path / "models", resume=True)
+    assert Path(path).name == "checkpoint_final.pt"  # type: ignore[arg-type]
+    assert torch.load(path, weights_only=True)["trainer"]["iteration"] == 9  # type: ignore[arg-type]
+
+
+def test_hostile_pickle_is_refused_and_never_runs(
+    toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "code-ran"
+
+    class Exploit:
+        def __reduce__(self) -> tuple:
+            return (Path.touch, (marker,))
+
+    toy_run.train(tmp_path, max_epochs=1)
+    hostile = tmp_path / "models" / "checkpoint_epoch=9.pt"
+    torch.save({"trainer": {"iteration": 999, "epoch_length": EPOCH}, "teacher": Exploit()}, hostile)
+    with caplog.at_level(logging.WARNING):
+        assert Path(resume_checkpoint(tmp_path / "models", resume=True)).name != hostile.name  # type: ignore[arg-type]
+    assert hostile.name in caplog.text and "weights_only" in caplog.text
+    run = toy_run.build(tmp_path, max_epochs=2, resume_from=hostile)
+    with pytest.raises(CheckpointReadError, match="refused by weights_only"):
+        run.trainer.run()
+    assert not marker.exists()
+
+
+STOPS = {
+    "finished run continued": dict(max_epochs=3),
+    "SIGINT inside epoch 4": dict(max_epochs=5, before_checkpoint=[At(Events.ITERATION_COMPLETED(once=20), sigint)]),
+    "SIGINT at the end of epoch 3": dict(max_epochs=5, before_checkpoint=[At(Events.EPOCH_COMPLETED(once=3), sigint)]),
+}
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_resumed_run_keeps_model_selection_and_ends_byte_identical(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture, stop: str
+) -> None:
+    """Best score at epoch 2, every later epoch worse: no validation after the resume may replace ``model.pt``."""
+    models, final_weights = reference(5)
+    first = toy_run.build(tmp_path, **STOPS[stop])
+    if stop.startswith("SIGINT"):
+        with caplog.at_level(logging.WARNING), pytest.raises(TrainingInterrupted) as stopped:
+            first.trainer.run()
+        assert stopped.value.code == 128 + signal.SIGINT
+        where = "epoch 4, after iteration 2 of 6" if "inside" in stop else "the end of epoch 3"
+        assert f"SIGINT received: training stopped at {where}" in str(stopped.value)
+        assert "To continue, run the same command again with `--resume true`." in caplog.text
+        assert Path(re.search(r"checkpoint (\S+\.pt)", str(stopped.value))[1]).is_file()  # type: ignore[index]
+    else:
+        first.trainer.run()
+    resumed = toy_run.train(tmp_path, resume=True, max_epochs=5)
+    assert resumed.evaluator.state.best_metric_epoch == 2
+    for name in ("model.pt", "best_networks.pt"):
+        assert (tmp_path / "models" / name).read_bytes() == (models / name).read_bytes(), name
+    assert torch.equal(weights(toy_run, resumed), final_weights)
+
+
+def test_crash_checkpoint_is_written_although_stats_handler_comes_first(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The non-finite guard raises before the optimizer steps, so the state after the previous iteration is saved."""
+    breaks = At(Events.ITERATION_COMPLETED(once=8), lambda e: setattr(e.data_loader.dataset, "broken", True))
+    run = toy_run.build(tmp_path, max_epochs=3, before_checkpoint=[breaks])
+    with caplog.at_level(logging.ERROR), pytest.raises(NonFiniteLossError):
+        run.trainer.run()
+    final = tmp_path / "models" / "checkpoint_final.pt"
+    assert torch.load(final, weights_only=True)["trainer"]["iteration"] == 8
+    assert f"is in {final}. Fix the cause; to continue, run the same command again with `--resume true`" in caplog.text
+    resumed = toy_run.train(tmp_path, resume=True, max_epochs=3)
+    assert torch.equal(weights(toy_run, resumed), reference(3)[1])
+
+
+def test_error_during_the_optimizer_steps_saves_nothing_misleading(
+    toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(engine: Any) -> None:
+        if engine.state.iteration == 9:
+            raise RuntimeError("CUDA error: an illegal memory access")
+
+    run = toy_run.build(tmp_path, max_epochs=3, before_checkpoint=[At(IterationEvents.MODEL_COMPLETED, fail)])
+    with caplog.at_level(logging.ERROR), pytest.raises(RuntimeError, match="illegal memory"):
+        run.trainer.run()
+    assert sorted(p.name for p in (tmp_path / "models").glob("checkpoint*")) == ["checkpoint_epoch=1.pt"]
+    assert "nothing new was saved. Resume point:" in caplog.text and "checkpoint_epoch=1.pt" in caplog.text
+
+
+def test_a_second_signal_stops_at_once(toy_run: ModuleType, tmp_path: Path) -> None:
+    """The first SIGINT comes in an epoch's last iteration, so the stop waits for the epoch end; the second does not."""
+    first, second = At(Events.ITERATION_COMPLETED(once=6), sigint), At(Events.EPOCH_COMPLETED(once=1), sigint)
+    run = toy_run.build(tmp_path, max_epochs=3, before_checkpoint=[first, second])
+    with pytest.raises(KeyboardInterrupt):
+        run.trainer.run()
+    assert list((tmp_path / "models").glob("checkpoint*")) == []  # stopped before the epoch's checkpoint
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the previous handler is back
+
+
+def test_sigterm_to_a_real_process_ends_it_with_a_checkpoint_and_a_resume_hint(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path, child_env: dict
+) -> None:
+    cmd = [sys.executable, toy_run.__file__, "--workdir", str(tmp_path), "--max-epochs", "12"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env)
+    lines = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        lines.append(line)
+        if line.startswith("iteration 9"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    output = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    message = re.search(r"SIGTERM received: training stopped at .*; checkpoint (\S+\.pt)\. To continue, (.*)", output)
+    assert message is not None, output[-3000:]
+    assert message[2] == "run the same command again with `--resume true`."
+    assert Path(message[1]).is_file()
+    resumed = toy_run.train(tmp_path, resume=True, max_epochs=12)
+    assert torch.equal(weights(toy_run, resumed), reference(12)[1])
+
+
+def test_n_saved_holds_across_a_resume(toy_run: ModuleType, tmp_path: Path) -> None:
+    toy_run.train(tmp_path, max_epochs=2)
+    toy_run.train(tmp_path, resume=True, max_epochs=4)
+    names = sorted(p.name for p in (tmp_path / "models").glob("checkpoint*.pt"))
+    assert names == ["checkpoint_epoch=4.pt", "checkpoint_final.pt"]
+
+
+def test_resume_into_another_configuration_is_a_clear_error_and_loads_nothing(
+    toy_run: ModuleType, tmp_path: Path
+) -> None:
+    toy_run.train(tmp_path, max_epochs=1)
+    more = toy_run.build(tmp_path, resume=True, max_epochs=2, num_students=3)
+    before = weights(toy_run, more)
+    with pytest.raises(CheckpointMismatchError, match=r"models/checkpoint_final\.pt does not fit") as err:
+        more.trainer.run()
+    for line in ("2 `students` and the configuration 3", "3 `optimizers` and the configuration 4", "3 `lr_schedulers`"):
+        assert f"the checkpoint holds {line}" in str(err.value)
+    assert "nothing was loaded" in str(err.value)
+    assert torch.equal(weights(toy_run, more), before)  # the teacher would fit: not loaded either
+
+    wider = toy_run.build(tmp_path, resume=True, max_epochs=2, student_width=6)
+    before = weights(toy_run, wider)
+    with pytest.raises(CheckpointMismatchError) as err:
+        wider.trainer.run()
+    expected = "`students[0]` (Sequential) does not fit: other shapes (5): 0.weight (4, 1, 3, 3) in the checkpoint vs "
+    assert expected + "(6, 1, 3, 3) configured" in str(err.value)
+    assert "`students[1]`" in str(err.value)
+    assert torch.equal(weights(toy_run, wider), before)
+
+
+def test_resumes_a_checkpoint_of_monai_checkpoint_saver(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path
+) -> None:
+    """Runs started with today's bundles (MONAI's CheckpointSaver) can be continued with TrainingCheckpoint."""
+    first = toy_run.build(tmp_path / "monai", max_epochs=2)
+    objects = {**first.checkpoint.save_dict, "trainer": first.trainer}
+    CheckpointSaver(str(tmp_path / "monai"), objects, save_interval=1, n_saved=1).attach(first.trainer)
+    first.trainer.run()
+    legacy = tmp_path / "monai" / "checkpoint_epoch=2.pt"
+    assert "checkpointer" not in torch.load(legacy, weights_only=True)
+    resumed = toy_run.build(tmp_path / "new", max_epochs=3, resume_from=legacy)
+    resumed.trainer.run()
+    assert torch.equal(weights(toy_run, resumed), reference(3)[1])
+
+
+def test_resume_checkpoint_says_fresh_run_or_where_it_resumes(
+    toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    models = tmp_path / "models"
+    with caplog.at_level(logging.INFO):
+        assert resume_checkpoint(models, resume=True) is None
+        assert "holds no readable checkpoint*.pt: starting a fresh run" in caplog.text
+        toy_run.train(tmp_path, max_epochs=1)
+        caplog.clear()
+        assert resume_checkpoint(models, resume=False) is None
+        assert "Starting a fresh run" in caplog.text and "pass --resume true to continue" in caplog.text
+        caplog.clear()
+        assert resume_checkpoint(models, resume=True) is not None
+        assert re.search(r"Resuming from \S+checkpoint_\w+(=1)?\.pt \(epoch 1, iteration 6\)", caplog.text)
+
+
+def test_sigkill_at_random_moments_loses_nothing(kill_driver: Callable, toy_run: ModuleType, tmp_path: Path) -> None:
+    """12 kills over 3 seeds, most while a checkpoint is written; the runs save every 4 iterations too, so resumes
+    continue inside epochs. Every resume must work and the end must equal the uninterrupted run, files included."""
+    report = kill_driver(
+        {
+            "entry": toy_run.__file__,
+            "workdir": str(tmp_path),
+            "seeds": [0, 1, 2],
+            "kills_per_seed": 4,
+            "write_fraction": 0.6,
+            "kwargs": {"max_epochs": 6, "ballast_mb": 8, "iteration_interval": 4},
+            "compare": ["model.pt", "best_networks.pt"],
+        }
+    )
+    summary = {k: v for k, v in report.items() if k != "seeds"}
+    assert report["kills"] >= 10 and report["kills_during_write"] >= 3, summary
+    assert report["failures"] == [] and report["damaged"] == [] and report["regressions"] == [], summary
+    assert report["all_equal"], report
