@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ class MetricsHistoryWriter:
 
     MONAI's ``MetricsSaver`` rewrites ``metrics.csv`` with the latest values; this keeps the history (one row per
     validation, the evaluator's epoch being the trainer's). Only rank 0 writes. New metric names extend the header.
+    Rows of this epoch and later ones are replaced, so a resumed run that redoes an epoch leaves one row per epoch;
+    the file is replaced atomically, so a kill never leaves half of it.
 
     Args:
         path: the CSV file; its folder is created.
@@ -40,11 +43,20 @@ class MetricsHistoryWriter:
         rows = []
         if self.path.is_file():
             with self.path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
+                rows = [r for r in csv.DictReader(f) if _epoch(r) < engine.state.epoch]
         rows.append({k: str(v) for k, v in row.items()})
         header = list(dict.fromkeys(k for r in rows for k in r))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("w", newline="") as f:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.path)
+
+
+def _epoch(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("epoch") or "inf")
+    except ValueError:
+        return float("inf")

@@ -28,7 +28,6 @@ __all__ = [
     "CheckpointReadError",
     "check_checkpoint",
     "find_resume_checkpoint",
-    "latest_checkpoint",
     "load_checkpoint",
     "read_checkpoint",
     "resume_checkpoint",
@@ -184,11 +183,6 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: bool, prefix: str = "checkpo
         return None
     logger.info("Resuming from %s (%s).", info.path, info.describe())
     return str(info.path)
-
-
-def latest_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint", resume: bool = True) -> str | None:
-    """Deprecated name of :func:`resume_checkpoint` (same choice: the newest readable checkpoint by its content)."""
-    return resume_checkpoint(ckpt_dir, resume, prefix)
 
 
 def _module_problems(name: str, module: nn.Module, state: Any) -> list[str]:
