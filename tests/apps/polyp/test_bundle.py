@@ -129,10 +129,10 @@ def test_inference_writes_boxes_in_original_pixels_and_overlays(
     combined = json.loads((out / "predictions.json").read_text())
     assert len(combined) == 3
     for name, entry in combined.items():
-        assert json.loads((out / f"{name}.json").read_text()) == entry
+        assert json.loads((out / "frames" / f"{name}.json").read_text()) == entry
         with Image.open(entry["image"]) as img:
             assert (entry["width"], entry["height"]) == img.size
-        with Image.open(out / f"{name}_overlay.png") as overlay:
+        with Image.open(out / "frames" / f"{name}_overlay.png") as overlay:
             assert overlay.size == (entry["width"], entry["height"])
         for box in entry["bbox"]:
             assert (
@@ -268,7 +268,7 @@ def test_prediction_writer_maps_boxes_back_to_original_pixels(tmp_path: Path) ->
     engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=output))
     writer(engine)
     writer.write_all()
-    entry = json.loads((tmp_path / "out" / "frame.json").read_text())
+    entry = json.loads((tmp_path / "out" / "frames" / "frame.json").read_text())
     assert (entry["width"], entry["height"]) == (120, 60) and len(entry["bbox"]) == 1  # 0.1 < score_thresh
     box = entry["bbox"][0]
     assert [box[k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx([12, 6, 60, 30])
