@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +21,20 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 # intra-op threads only add overhead on the tests' tiny tensors, and oversubscribe the cores under xdist
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_pil_pixel_limit():
+    """Restore PIL's process-wide pixel limit, which pre-flight checks and loaders set from ``max_image_pixels``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
 
 
 class BlobDataset(Dataset):
@@ -106,3 +117,31 @@ def kill_driver() -> Callable[..., dict]:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     return run
+
+
+def write_png(path: Path, width: int, height: int, idat: bytes | None = None) -> Path:
+    """A 1-bit grayscale PNG written chunk by chunk: ``width x height`` black pixels in a few KB (no pixel array is
+    ever allocated, so 14000 x 14000 costs ~0.1 s), or ``idat`` as the image data, with valid CRCs either way."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    if idat is None:
+        packer, row = zlib.compressobj(9), bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+        idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture(scope="session")
+def huge_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 14000 x 14000 PNG (196 M pixels, over PIL's 89 M decompression-bomb limit) of a few KB."""
+    return write_png(tmp_path_factory.mktemp("huge") / "huge.png", 14000, 14000)
+
+
+@pytest.fixture(scope="session")
+def hidden_damage_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16 x 16 PNG whose chunks' CRCs all hold but whose pixel stream is not zlib data: passes the header check,
+    fails only when decoded (as a file damaged between the pre-flight and the loader would)."""
+    return write_png(tmp_path_factory.mktemp("damage") / "tile.png", 16, 16, idat=b"this is not zlib data")

@@ -1,18 +1,37 @@
-"""Generic data utilities shared by the apps: image decoding checks, atomically built cache folders and the rule
-of what an evaluation scores."""
+"""Generic data utilities shared by the apps: image checks, the one RGB loader, atomically built cache folders and
+the rule of what an evaluation scores."""
 
 from monai_kdml.data.cache import ensure_cache_folder
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
-from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, ImageInfo, inspect_image, to_rgb
+from monai_kdml.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    ImageFileError,
+    ImageInfo,
+    bomb_error,
+    inspect_image,
+    is_image_file,
+    scaling_of,
+    set_max_image_pixels,
+    to_rgb,
+)
+from monai_kdml.data.loading import LoadRGBImaged, load_rgb
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
     "EvaluationSplit",
     "ImageFileError",
     "ImageInfo",
+    "LoadRGBImaged",
+    "bomb_error",
     "ensure_cache_folder",
     "external_split",
     "held_out_split",
     "inspect_image",
+    "is_image_file",
+    "load_rgb",
+    "scaling_of",
+    "set_max_image_pixels",
     "to_rgb",
 ]

@@ -13,7 +13,8 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# real data beside the checkout; MONAI_KDML_SHARED_DATA points elsewhere (e.g. from a git worktree)
+SHARED_DATA = Path(os.environ.get("MONAI_KDML_SHARED_DATA", REPO.parent / "shared" / "data"))
 # one thread and passive OpenMP waits in every child: xdist runs two tests at once on 2 cores
 CHILD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 

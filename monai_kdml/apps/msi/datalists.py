@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from monai_kdml.apps.msi.kather import (
 )
 from monai_kdml.apps.msi.tiles import TileCheckReport, check_tiles
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
-from monai_kdml.data.images import IMAGE_SUFFIXES, is_image_file
+from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_file
 
 __all__ = ["MSIDatalists", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
 
@@ -58,7 +59,8 @@ def prepare_msi_datalists(
     cohort: str | None = None,
     balance: Literal["none", "undersample", "weighted"] = "none",
     expected_size: tuple[int, int] | None = (224, 224),
-    decode: bool = False,
+    decode: bool | None = None,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     with_test: bool = False,
     demo_patients: int = 48,
     demo_tiles_per_patient: int = 20,
@@ -77,7 +79,11 @@ def prepare_msi_datalists(
         balance: ``"undersample"`` the majority class of the training split (as Kather et al.), ``"weighted"``
             (the bundle then uses a ``WeightedRandomSampler``; the lists stay as they are) or ``"none"``.
         expected_size: tile size to count deviations against; other sizes are resized by the pipeline.
-        decode: fully decode every tile in the pre-flight check (slower; catches more JPEG damage).
+        decode: how much the pre-flight check decodes (:func:`check_tiles`): ``None`` every tile but PNGs (whose
+            CRCs are checked instead), ``True`` every tile, ``False`` none but 16-bit-integer and float tiles.
+        max_image_pixels: tiles with more pixels are skipped (PIL's decompression-bomb guard; ``None``: no limit);
+            set as ``PIL.Image.MAX_IMAGE_PIXELS`` in this process, so ``DataLoader`` workers forked later inherit it.
+            Pass the same value to :func:`~monai_kdml.apps.msi.tile_transforms` (it sets it in spawned workers).
         with_test: also list and check the test folder (evaluation).
         demo_patients: patients of the demo set.
         demo_tiles_per_patient: tiles per demo patient.
@@ -95,14 +101,15 @@ def prepare_msi_datalists(
         )
     else:
         root = Path(str(dataset_dir)).expanduser()
-    tiles, report = check_tiles(kather_datalist(root, "train", cohort), expected_size=expected_size, decode=decode)
+    check = partial(check_tiles, expected_size=expected_size, decode=decode, max_image_pixels=max_image_pixels)
+    tiles, report = check(kather_datalist(root, "train", cohort))
     train, val = split_by_patient(tiles, val_fraction=val_fraction, seed=seed)
     if balance == "undersample":
         train = undersample(train, seed=seed)
     test: list[dict[str, Any]] = []
     if with_test:
         try:
-            test, _ = check_tiles(kather_datalist(root, "test", cohort), expected_size=expected_size, decode=decode)
+            test, _ = check(kather_datalist(root, "test", cohort))
         except (ValueError, DatasetLayoutError) as err:
             logger.warning("No test split (%s); evaluation falls back to the validation split.", err)
     logger.info(
@@ -117,18 +124,28 @@ def prepare_msi_datalists(
     return MSIDatalists(root=root, is_demo=is_demo, train=train, val=val, test=test, report=report)
 
 
-def tile_datalist(folder: str | Path, expected_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+def tile_datalist(
+    folder: str | Path,
+    expected_size: tuple[int, int] | None = None,
+    decode: bool | None = None,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+) -> list[dict[str, Any]]:
     """Every image tile under ``folder`` (recursively, sorted), checked like training tiles, for inference.
+
+    Unlike training, any number of unusable tiles is accepted: every usable tile gets a prediction, and the unusable
+    ones are skipped and listed in one WARNING (path and reason each) after the check's summary.
 
     Args:
         folder: any folder of tiles (PNG, JPEG, TIFF, ...); class sub-folders are allowed and ignored.
         expected_size: tile size to count deviations against (they are resized anyway).
+        decode: how much the check decodes, as in :func:`check_tiles`.
+        max_image_pixels: tiles with more pixels are skipped, as in :func:`prepare_msi_datalists`.
 
     Returns:
-        ``[{"image": path, "patient": id}, ...]`` for the readable tiles; unreadable files are skipped and counted.
+        ``[{"image": path, "patient": id}, ...]`` for the usable tiles.
 
     Raises:
-        FileNotFoundError: ``folder`` does not exist or holds no image file.
+        FileNotFoundError: ``folder`` does not exist, holds no image file, or none that can be read.
     """
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -137,7 +154,19 @@ def tile_datalist(folder: str | Path, expected_size: tuple[int, int] | None = No
     if not paths:
         raise FileNotFoundError(f"dataset_dir {root} holds no image tiles ({', '.join(IMAGE_SUFFIXES)}).")
     items = [{"image": str(p), "patient": patient_id_from_path(p)} for p in paths]
-    clean, _ = check_tiles(items, expected_size=expected_size)
+    clean, report = check_tiles(
+        items, expected_size=expected_size, decode=decode, max_bad_fraction=None, max_image_pixels=max_image_pixels
+    )
+    if report.unreadable:
+        logger.warning(
+            "%d of %d tiles in %s are skipped (no prediction):\n  %s",
+            report.skipped,
+            report.total,
+            root,
+            "\n  ".join(report.unreadable),
+        )
+    if not clean:
+        raise FileNotFoundError(f"dataset_dir {root}: none of its {len(paths)} images is usable:\n{report.summary()}")
     return clean
 
 

@@ -1,6 +1,7 @@
 """The MSI tile transforms, written once for training, validation, evaluation, inference and the examples.
 
-Every chain starts with the same deterministic head: load the tile as RGB (``PILReader(converter=to_rgb)``),
+Every chain starts with the same deterministic head: load the tile as RGB (:class:`monai_kdml.data.LoadRGBImaged`:
+``PILReader(converter=to_rgb)``, 16-bit and float tiles scaled, errors naming the file),
 channel first, resize to ``image_size`` (area interpolation), scale 0-255 to [0, 1]. ``monai.data.CacheDataset``
 caches up to the first random transform, so this head is decoded once per tile and run. The training chain adds
 flips, 90-degree turns and mild intensity jitter: H&E tiles have no canonical orientation, and stain intensity varies
@@ -10,12 +11,10 @@ between slides. The bundles pass every probability and range from their JSON, wh
 from __future__ import annotations
 
 import torch
-from monai.data import PILReader
 from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
@@ -24,7 +23,8 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from monai_kdml.data.images import to_rgb
+from monai_kdml.data.images import MAX_IMAGE_PIXELS
+from monai_kdml.data.loading import LoadRGBImaged
 
 __all__ = ["MIN_TILE_SIZE", "check_tile_size", "tile_transforms"]
 
@@ -56,6 +56,7 @@ def tile_transforms(
     intensity_prob: float = 0.5,
     scale_factor: float = 0.1,
     shift_offset: float = 0.05,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> Compose:
     """Load, resize and scale a tile to ``(3, image_size, image_size)`` float32 in [0, 1]; augment when training.
 
@@ -68,6 +69,7 @@ def tile_transforms(
         intensity_prob: probability of each of the intensity scale and shift.
         scale_factor: intensity scaled by ``1 + u``, ``u ~ U(-scale_factor, scale_factor)``.
         shift_offset: intensity shifted by ``u ~ U(-shift_offset, shift_offset)``.
+        max_image_pixels: largest tile loaded (PIL's limit, set in every loading process); as in the pre-flight.
 
     Returns:
         A ``Compose``; the bundles' ``EpochSeedHandler`` reseeds its random transforms every epoch.
@@ -81,8 +83,7 @@ def tile_transforms(
             raise ValueError(f"`{name}` must be a probability in [0, 1], got {prob}.")
     keys, dtypes = ([IMAGE, LABEL], [torch.float32, torch.long]) if labels else ([IMAGE], [torch.float32])
     steps: list = [
-        # an ImageReader instance is documented as valid; MONAI's type hint only lists classes and names
-        LoadImaged(IMAGE, reader=PILReader(converter=to_rgb), image_only=True),  # type: ignore[arg-type]
+        LoadRGBImaged(IMAGE, max_image_pixels=max_image_pixels),
         EnsureChannelFirstd(IMAGE),
         Resized(IMAGE, spatial_size=(image_size, image_size), mode="area"),
         ScaleIntensityRanged(IMAGE, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),

@@ -9,6 +9,7 @@ lists (and checks) a plain folder of frames for inference.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ import numpy as np
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
 from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_preflight, require_frames, split_by_id
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
-from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, inspect_image, is_image_file
+from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageFileError, inspect_image, is_image_file
 
-__all__ = ["PolypDatalists", "evaluation_split", "polyp_inference_datalist", "prepare_polyp_datalists"]
+__all__ = ["PolypDatalists", "evaluation_split", "frame_ids", "polyp_inference_datalist", "prepare_polyp_datalists"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def prepare_polyp_datalists(
     max_images: int | None = None,
     demo_images: int = 200,
     demo_image_size: int = 160,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> PolypDatalists:
     """Resolve the frames (the synthetic demo when ``dataset_dir`` is None), check every one, split by image id.
 
@@ -70,13 +72,17 @@ def prepare_polyp_datalists(
         max_images: keep a seeded random subset of this many frames before splitting (quick runs); ``None``: all.
         demo_images: frames of the demo set.
         demo_image_size: longest side of the demo frames, pixels.
+        max_image_pixels: frames with more pixels are skipped and counted (PIL's decompression-bomb guard;
+            ``None``: no limit); set as ``PIL.Image.MAX_IMAGE_PIXELS`` in this process (forked ``DataLoader``
+            workers inherit it). Give the transforms the same value (they set it in spawned workers too).
 
     Returns:
         The :class:`PolypDatalists`.
 
     Raises:
         FileNotFoundError: ``dataset_dir`` missing, without images, or without any box source.
-        ValueError: no usable frame, a bad annotation file, a bad fraction or ``max_images`` < 3.
+        ValueError: no usable frame, no box in any frame or in the training split, a bad annotation file, a bad
+            fraction or ``max_images`` < 3.
     """
     if dataset_dir is not None and not str(dataset_dir).strip():
         raise ValueError("`dataset_dir` is empty: give a folder, or None for the synthetic demo set.")
@@ -85,11 +91,17 @@ def prepare_polyp_datalists(
         root = ensure_polyp_demo(Path(cache_dir), num_images=demo_images, image_size=demo_image_size, seed=0)
     else:
         root = Path(str(dataset_dir)).expanduser()
-    datalist, report = kvasir_preflight(root, layout)
+    datalist, report = kvasir_preflight(root, layout, max_image_pixels)
     require_frames(root, datalist, report)
     if max_images is not None:
         datalist = _subset(datalist, max_images, seed)
     train, val, test = split_by_id(datalist, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if not any(item["box"] for item in train):
+        raise ValueError(
+            f"dataset_dir {str(root)!r}: the {len(train)} training frames have no box (the "
+            f"{sum(bool(item['box']) for item in datalist)} frames with boxes all went to validation or test): "
+            "add annotated frames or lower val_fraction / test_fraction"
+        )
     logger.info(
         "Polyp data from %s%s: %d train / %d validation / %d test frames (%d / %d / %d boxes).",
         root,
@@ -146,13 +158,19 @@ def _subset(datalist: list[dict[str, Any]], max_images: int, seed: int) -> list[
 
 
 def polyp_inference_datalist(
-    folder: str | Path | None, cache_dir: str | Path | None = None, recursive: bool = False, demo_images: int = 8
+    folder: str | Path | None,
+    cache_dir: str | Path | None = None,
+    recursive: bool = False,
+    demo_images: int = 8,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> list[dict[str, Any]]:
     """``[{"image": path, "id": name}, ...]`` for the frames in ``folder``, each decoded once beforehand.
 
     A folder holding no frame but an ``images/`` sub-folder (a Kvasir-SEG root) is read through it. Frames that do
-    not decode are skipped and counted in one WARNING naming them; ``id`` is the path relative to the folder read,
-    without its suffix (unique even with ``recursive``).
+    not decode, are over ``max_image_pixels`` or have values :func:`~monai_kdml.data.to_rgb` refuses are skipped and
+    counted in one WARNING naming each with its reason. ``id`` is the path relative to the folder read, without its
+    suffix, unless another frame shares that id (``dup.jpg`` and ``dup.png``) or it equals another frame's file name:
+    then the suffix stays (``dup.jpg``), so every frame has its own id and output files.
 
     Args:
         folder: a folder of frames (suffixes of :data:`monai_kdml.data.IMAGE_SUFFIXES`); ``None`` or ``""``:
@@ -160,6 +178,7 @@ def polyp_inference_datalist(
         cache_dir: where the synthetic frames go when ``folder`` is not given.
         recursive: also list sub-folders.
         demo_images: number of synthetic frames.
+        max_image_pixels: frames with more pixels are skipped, as in :func:`prepare_polyp_datalists`.
 
     Returns:
         The datalist, sorted by path.
@@ -177,24 +196,44 @@ def polyp_inference_datalist(
     if not paths and (root / "images").is_dir():
         root = root / "images"
         paths = _frame_paths(root, recursive)
-    items, corrupt = [], []
+    ids = frame_ids(paths, root)
+    items, unusable = [], []
     for path in paths:
         try:
-            inspect_image(path)
+            inspect_image(path, decode=True, max_image_pixels=max_image_pixels)
         except ImageFileError as err:
-            corrupt.append(str(err))
+            unusable.append(str(err))
             continue
-        items.append({"image": str(path), "id": path.relative_to(root).with_suffix("").as_posix()})
-    if corrupt:
+        items.append({"image": str(path), "id": ids[path]})
+    if unusable:
         logger.warning(
-            "%d of %d frames in %s do not decode and are skipped: %s", len(corrupt), len(paths), root, corrupt
-        )
+            "%d of %d frames in %s are skipped (no prediction):\n  %s", len(unusable), len(paths), root,
+            "\n  ".join(unusable),
+        )  # fmt: skip
     if not items:
         raise FileNotFoundError(
-            f"input folder {str(root)!r}: no frame that decodes ({', '.join(IMAGE_SUFFIXES)}; {len(paths)} found)"
+            f"input folder {str(root)!r}: no frame left to predict ({len(paths)} found, {len(unusable)} unusable; "
+            f"suffixes {', '.join(IMAGE_SUFFIXES)})"
         )
     logger.info("Inference on %d frames from %s.", len(items), root)
     return items
+
+
+def frame_ids(paths: list[Path], root: Path) -> dict[Path, str]:
+    """A unique id per frame: its path relative to ``root`` without the suffix, or with it where that would clash.
+
+    Args:
+        paths: distinct files under ``root``.
+        root: the folder the ids are relative to.
+
+    Returns:
+        ``{path: id}``; no two ids are equal.
+    """
+    names = {path: path.relative_to(root).as_posix() for path in paths}
+    stems = {path: Path(name).with_suffix("").as_posix() for path, name in names.items()}
+    shared = Counter(stems.values())
+    taken = set(names.values())
+    return {path: stem if shared[stem] == 1 and stem not in taken else names[path] for path, stem in stems.items()}
 
 
 def _frame_paths(root: Path, recursive: bool) -> list[Path]:

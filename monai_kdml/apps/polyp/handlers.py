@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw
 
 from monai_kdml.apps.polyp.ensemble import fuse_detections
 from monai_kdml.apps.polyp.transforms import box_to_original
+from monai_kdml.data.images import to_rgb
 from monai_kdml.keys import ENSEMBLE, pred_key
 
 if TYPE_CHECKING:
@@ -249,21 +250,24 @@ class DetectionBoxImages(TensorBoardHandler):
 class DetectionPredictionWriter:
     """Write each frame's detections in ORIGINAL pixels as JSON, and optionally an overlay PNG.
 
-    Per frame ``<output_dir>/<id>.json`` holds a Kvasir-style entry (the layout of ``kavsir_bboxes.json``, plus a
-    score per box)::
+    Per frame ``<output_dir>/frames/<id>.json`` holds a Kvasir-style entry (the layout of ``kavsir_bboxes.json``,
+    plus a score per box)::
 
         {"image": path, "height": H, "width": W,
          "bbox": [{"label": "polyp", "score": 0.93, "xmin": .., "ymin": .., "xmax": .., "ymax": ..}, ...]}
 
     and at the end of the run ``<output_dir>/predictions.json`` maps every id to its entry, so predictions read
-    like annotations. Boxes are mapped back through each frame's affine (:func:`box_to_original`).
+    like annotations. Per-frame files live in ``frames/``, so no frame (``predictions.jpg``) can overwrite the
+    aggregate; two frames with one id in a run are refused rather than overwritten (give each a unique id, as
+    :func:`monai_kdml.apps.polyp.polyp_inference_datalist` does). Boxes are mapped back through each frame's affine
+    (:func:`box_to_original`).
 
     Args:
         output_dir: destination folder (created).
         pred_key: output key of the detections (``"pred"``: the ensemble).
         classes: class names; label ``i`` is written as ``classes[i]``.
         score_thresh: detections scoring below this are not written.
-        overlay: also write ``<id>_overlay.png``: the original frame with the boxes and scores drawn.
+        overlay: also write ``frames/<id>_overlay.png``: the original frame with the boxes and scores drawn.
         id_key: batch key naming each frame (falls back to the file stem).
     """
 
@@ -288,6 +292,18 @@ class DetectionPredictionWriter:
     def _reset(self, engine: Engine) -> None:
         self.entries = {}
 
+    def _frame_file(self, name: str, path: str, suffix: str) -> Path:
+        """``frames/<name><suffix>``; refuses an id already written this run or one leaving ``frames/``."""
+        if name in self.entries:
+            raise ValueError(
+                f"two frames with id {name!r} ({self.entries[name]['image']} and {path}): give each frame a unique id"
+            )
+        frames = (self.output_dir / "frames").resolve()
+        target = (frames / f"{name}{suffix}").resolve()
+        if name in ("", ".") or frames not in target.parents:
+            raise ValueError(f"frame id {name!r} of {path} does not name a file inside {frames}")
+        return target
+
     def __call__(self, engine: Engine) -> None:
         batch, outputs = (_per_image(v, type(self).__name__) for v in (engine.state.batch, engine.state.output))
         for sample, out in zip(batch, outputs, strict=True):
@@ -301,14 +317,14 @@ class DetectionPredictionWriter:
             boxes = box_to_original(boxes, image.affine, (width, height))
             records = _records(boxes, scores, labels, self.classes)
             entry = {"image": path, "height": height, "width": width, "bbox": records}
+            target = self._frame_file(name, path, ".json")
             self.entries[name] = entry
-            target = self.output_dir / f"{name}.json"
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(entry, indent=1))
             if self.overlay:
                 with Image.open(path) as img:
-                    picture = draw_boxes(img.convert("RGB"), boxes, scores, width=max(2, round(max(img.size) / 300)))
-                picture.save(self.output_dir / f"{name}_overlay.png")
+                    picture = draw_boxes(to_rgb(img), boxes, scores, width=max(2, round(max(img.size) / 300)))
+                picture.save(target.with_name(f"{target.name[: -len('.json')]}_overlay.png"))
 
     def write_all(self, engine: Engine | None = None) -> None:
         """Write ``predictions.json`` with every frame seen this run."""

@@ -16,13 +16,14 @@ Boxes are ``[xmin, ymin, xmax, ymax]`` in original pixel edges (``xmax`` exclusi
 end at ``xmax == width``). Where the annotation file lacks a frame, or is absent, boxes come from the mask's
 8-connected components (scikit-image). Every frame and mask is decoded once before training (about 5 ms of CPU per
 frame with its mask, 4 s for Kvasir-SEG), and problems become counted, logged skips: see :class:`PreflightReport`.
-Frames left without boxes are kept as negatives (they teach background) unless ``keep_empty=False``.
+Frames left without boxes are kept as negatives (they teach background) unless ``keep_empty=False``; a data set
+without any box is refused (:func:`require_frames`). Frames are read as the loaders read them
+(:func:`monai_kdml.data.to_rgb`: 16-bit and [0, 1] float frames scaled, not clipped; frames over ``max_image_pixels``
+or with values it refuses are skipped and counted).
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -35,22 +36,24 @@ from monai.data.box_utils import box_iou
 from PIL import Image
 from skimage import measure
 
-from monai_kdml.data.images import IMAGE_SUFFIXES, ImageFileError, inspect_image, is_image_file
+from monai_kdml.apps.polyp.annotations import Annotation, read_annotations
+from monai_kdml.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    ImageFileError,
+    inspect_image,
+    is_image_file,
+    scaling_of,
+    to_rgb,
+)
 
 __all__ = ["FrameLayout", "PreflightReport", "kvasir_datalist", "kvasir_preflight", "require_frames", "split_by_id"]
 
 logger = logging.getLogger(__name__)
 
 _MASK_THRESHOLD = 127
-
-
-@dataclass
-class _Annotation:
-    """Boxes of one frame from the annotation file; ``size`` is (width, height) when the file records it."""
-
-    boxes: list[list[float]]
-    labels: list[int]
-    size: tuple[int, int] | None = None
+_NOT_PROBLEMS = ("boxes_from_mask", "empty_frames", "converted_images", "scaled_from_16bit", "scaled_from_float")
+_SKIPS = {"too_large": "too_large_images", "unsupported": "unsupported_images"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,9 @@ class PreflightReport:
         images_found: image files in ``images_dir``.
         kept: frames in the datalist.
         corrupt_images: undecodable or truncated frames (skipped).
+        too_large_images: frames over ``max_image_pixels`` (skipped; raise the limit for genuine ones).
+        unsupported_images: frames whose values :func:`~monai_kdml.data.to_rgb` refuses, e.g. floats outside [0, 1]
+            (skipped).
         corrupt_masks: undecodable masks (mask ignored).
         mask_size_mismatch: masks whose size differs from their frame (mask ignored).
         annotation_size_mismatch: annotation ``height``/``width`` differ from the frame (annotation ignored).
@@ -106,12 +112,17 @@ class PreflightReport:
         empty_frames: frames with no box left (kept as negatives or skipped, see ``keep_empty``).
         clipped_boxes: boxes reaching outside their frame, clipped to it.
         dropped_boxes: boxes under ``min_box_size`` on a side after clipping, or inverted (dropped).
+        converted_images: frames the loader converts to RGB from another mode (kept).
+        scaled_from_16bit: 16-bit frames the loader scales to 8 bits (kept).
+        scaled_from_float: [0, 1] float frames the loader scales to 8 bits (kept).
     """
 
     dataset_dir: str
     images_found: int = 0
     kept: int = 0
     corrupt_images: list[str] = field(default_factory=list)
+    too_large_images: list[str] = field(default_factory=list)
+    unsupported_images: list[str] = field(default_factory=list)
     corrupt_masks: list[str] = field(default_factory=list)
     mask_size_mismatch: list[str] = field(default_factory=list)
     annotation_size_mismatch: list[str] = field(default_factory=list)
@@ -123,11 +134,15 @@ class PreflightReport:
     empty_frames: list[str] = field(default_factory=list)
     clipped_boxes: list[str] = field(default_factory=list)
     dropped_boxes: list[str] = field(default_factory=list)
+    converted_images: list[str] = field(default_factory=list)
+    scaled_from_16bit: list[str] = field(default_factory=list)
+    scaled_from_float: list[str] = field(default_factory=list)
 
     @property
     def has_problems(self) -> bool:
-        """Whether anything was skipped, ignored, clipped or dropped (boxes from masks and negatives are normal)."""
-        listed = [getattr(self, f.name) for f in fields(self) if f.name not in ("boxes_from_mask", "empty_frames")]
+        """Whether anything was skipped, ignored, clipped or dropped (boxes from masks, negatives and conversions are
+        normal)."""
+        listed = [getattr(self, f.name) for f in fields(self) if f.name not in _NOT_PROBLEMS]
         return any(isinstance(values, list) and values for values in listed)
 
     def summary(self, examples: int = 3) -> str:
@@ -141,77 +156,6 @@ class PreflightReport:
                     f"  {f.name.replace('_', ' '):<26}{len(values):>6}" + (f"   e.g. {shown}" if values else "")
                 )
         return "\n".join(lines)
-
-
-def _read_json(path: Path, classes: Sequence[str]) -> dict[str, _Annotation]:
-    """Annotations from a Kvasir-style JSON (see module doc)."""
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the boxes JSON ({err})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected an object {{image id: {{'bbox': [...]}}}}, got {type(raw).__name__}")
-    out: dict[str, _Annotation] = {}
-    for key, entry in raw.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("bbox"), list):
-            raise ValueError(f"{path}: entry {key!r} needs a 'bbox' list")
-        try:
-            size = (int(entry["width"]), int(entry["height"])) if "width" in entry and "height" in entry else None
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: entry {key!r} has a non-integer width/height") from None
-        ann = _Annotation([], [], size)
-        for box in entry["bbox"]:
-            ann.boxes.append(_coords(box, f"{path}: entry {key!r}"))
-            ann.labels.append(_label(box.get("label"), classes, f"{path}: entry {key!r}"))
-        out[_strip_suffix(key)] = ann
-    return out
-
-
-def _read_csv(path: Path, classes: Sequence[str]) -> dict[str, _Annotation]:
-    """Annotations from a CSV with header ``image,xmin,ymin,xmax,ymax[,label]`` (see module doc)."""
-    try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            header, rows = set(reader.fieldnames or ()), list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{path}: cannot read the boxes CSV ({err})") from None
-    missing = {"image", "xmin", "ymin", "xmax", "ymax"} - header
-    if missing:
-        raise ValueError(f"{path}: CSV header lacks {sorted(missing)} (need image,xmin,ymin,xmax,ymax[,label])")
-    out: dict[str, _Annotation] = {}
-    for line, row in enumerate(rows, start=2):
-        where = f"{path}: line {line}"
-        if not (row["image"] or "").strip():
-            raise ValueError(f"{where}: no image file name")
-        ann = out.setdefault(_strip_suffix(row["image"].strip()), _Annotation([], []))
-        if all(not (row[k] or "").strip() for k in ("xmin", "ymin", "xmax", "ymax")):
-            continue  # a frame declared without polyps
-        ann.boxes.append(_coords(row, where))
-        ann.labels.append(_label(row.get("label"), classes, where))
-    return out
-
-
-def _coords(box: Any, where: str) -> list[float]:
-    """``[xmin, ymin, xmax, ymax]`` of one box record, as floats (NaN kept: dropped later as degenerate)."""
-    try:
-        return [float(box[k]) for k in ("xmin", "ymin", "xmax", "ymax")]
-    except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where}: box {box!r} needs numeric xmin, ymin, xmax, ymax ({err!r})") from None
-
-
-def _label(name: Any, classes: Sequence[str], where: str) -> int:
-    """Class index of a label name; blank or missing means ``classes[0]``."""
-    if name is None or str(name).strip() == "":
-        return 0
-    if str(name) not in classes:
-        raise ValueError(f"{where}: label {name!r} is not one of classes={list(classes)}")
-    return list(classes).index(str(name))
-
-
-def _strip_suffix(name: str) -> str:
-    """Image id of a file name: its path without an image suffix."""
-    path = Path(name)
-    return path.with_suffix("").as_posix() if path.suffix.lower() in IMAGE_SUFFIXES else path.as_posix()
 
 
 def _index_images(folder: Path) -> dict[str, Path]:
@@ -273,7 +217,8 @@ def _clean_boxes(
 def _read_mask(path: Path | None, name: str, size: tuple[int, int], report: PreflightReport) -> np.ndarray | None:
     """Foreground (gray value > 127) of a mask that decodes and matches its frame's ``size``, else ``None`` (counted).
 
-    Decoded once here rather than through :func:`~monai_kdml.data.images.inspect_image`, since the pixels are needed.
+    Decoded once here rather than through :func:`~monai_kdml.data.images.inspect_image`, since the pixels are needed;
+    through :func:`~monai_kdml.data.to_rgb`, as the loaders read masks, so 16-bit and [0, 1] float masks are scaled.
     """
     if path is None:
         return None
@@ -282,14 +227,14 @@ def _read_mask(path: Path | None, name: str, size: tuple[int, int], report: Pref
             if img.size != size:
                 report.mask_size_mismatch.append(name)
                 return None
-            return np.asarray(img.convert("L")) > _MASK_THRESHOLD
-    except (OSError, SyntaxError, ValueError):  # how PIL reports unreadable, corrupt or truncated files
+            return np.asarray(to_rgb(img).convert("L")) > _MASK_THRESHOLD
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):  # unreadable, damaged, huge
         report.corrupt_masks.append(name)
         return None
 
 
 def kvasir_preflight(
-    dataset_dir: str | Path, layout: FrameLayout | None = None
+    dataset_dir: str | Path, layout: FrameLayout | None = None, max_image_pixels: int | None = MAX_IMAGE_PIXELS
 ) -> tuple[list[dict[str, Any]], PreflightReport]:
     """Check every frame, mask and box once and build the datalist; arguments as in :func:`kvasir_datalist`.
 
@@ -307,9 +252,9 @@ def kvasir_preflight(
         raise FileNotFoundError(f"dataset_dir {str(root)!r}: no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}/")
     masks = _index_images(root / masks_dir)
     box_path = root / boxes_file if boxes_file else None
-    annotations: dict[str, _Annotation] | None = None
+    annotations: dict[str, Annotation] | None = None
     if box_path is not None and box_path.is_file():
-        annotations = (_read_csv if box_path.suffix.lower() == ".csv" else _read_json)(box_path, classes)
+        annotations = read_annotations(box_path, classes)
     elif not masks:
         raise FileNotFoundError(
             f"dataset_dir {str(root)!r}: no boxes: neither the annotation file {boxes_file!r} nor masks in {masks_dir}/"
@@ -320,9 +265,9 @@ def kvasir_preflight(
     datalist = []
     for name, image_path in images.items():
         try:
-            info = inspect_image(image_path)
-        except ImageFileError:
-            report.corrupt_images.append(name)
+            info = inspect_image(image_path, decode=True, max_image_pixels=max_image_pixels)
+        except ImageFileError as err:
+            getattr(report, _SKIPS.get(err.kind, "corrupt_images")).append(name)
             continue
         size = (info.width, info.height)
         ann = annotations.get(name) if annotations is not None else None
@@ -348,11 +293,16 @@ def kvasir_preflight(
             if not keep_empty:
                 continue
         datalist.append({"image": str(image_path), "box": boxes, "label": labels, "id": name})
+        if info.mode != "RGB":
+            scaled = {"16-bit": report.scaled_from_16bit, "float": report.scaled_from_float}
+            scaled.get(str(scaling_of(info.mode)), report.converted_images).append(name)
     report.kept = len(datalist)
     return datalist, report
 
 
-def kvasir_datalist(dataset_dir: str | Path, layout: FrameLayout | None = None) -> list[dict[str, Any]]:
+def kvasir_datalist(
+    dataset_dir: str | Path, layout: FrameLayout | None = None, max_image_pixels: int | None = MAX_IMAGE_PIXELS
+) -> list[dict[str, Any]]:
     """Datalist of a Kvasir-SEG style folder after a logged pre-flight check (layouts in the module doc).
 
     Each item is ``{"image": path, "box": [[xmin, ymin, xmax, ymax], ...], "label": [class index, ...], "id": id}``
@@ -363,6 +313,9 @@ def kvasir_datalist(dataset_dir: str | Path, layout: FrameLayout | None = None) 
         dataset_dir: the data set folder.
         layout: where frames, masks and boxes are and how boxes are cleaned; default :class:`FrameLayout`
             (Kvasir-SEG's own layout).
+        max_image_pixels: frames with more pixels are skipped (PIL's decompression-bomb guard; ``None``: no limit);
+            set as ``PIL.Image.MAX_IMAGE_PIXELS`` in this process, so ``DataLoader`` workers forked later inherit it.
+            Give the transforms the same value (they set it in spawned workers).
 
     Returns:
         The datalist, ready for ``monai.data.CacheDataset`` with
@@ -370,23 +323,43 @@ def kvasir_datalist(dataset_dir: str | Path, layout: FrameLayout | None = None) 
 
     Raises:
         FileNotFoundError: ``dataset_dir`` missing, no images in it, or no annotation file and no masks.
-        ValueError: an unreadable or malformed annotation file, an unknown label, two files for one image id.
+        ValueError: an unreadable or malformed annotation file, an unknown label, two files for one image id, no
+            usable frame, or no box in any frame.
     """
-    datalist, report = kvasir_preflight(dataset_dir, layout)
+    datalist, report = kvasir_preflight(dataset_dir, layout, max_image_pixels)
     return require_frames(dataset_dir, datalist, report)
 
 
 def require_frames(
     dataset_dir: str | Path, datalist: list[dict[str, Any]], report: PreflightReport
 ) -> list[dict[str, Any]]:
-    """Log the pre-flight ``report`` in one block (WARNING when it found problems) and refuse an empty datalist.
+    """Log the pre-flight ``report`` in one block (WARNING when it found problems); refuse a datalist to train on
+    that has no frame, or no box in any frame.
+
+    Frames without boxes are fine as negatives beside positive ones, but a data set of negatives only trains the
+    detector on nothing, and its metrics come out NaN: that is a broken or mismatched annotation file.
+
+    Args:
+        dataset_dir: the folder checked, for the messages.
+        datalist: the pre-flight's datalist.
+        report: the pre-flight's report.
+
+    Returns:
+        ``datalist``.
 
     Raises:
-        ValueError: no usable frame is left; the message carries the report.
+        ValueError: no usable frame, or no box in any of them; the message carries the counts and the report.
     """
     logger.log(logging.WARNING if report.has_problems else logging.INFO, "%s", report.summary())
     if not datalist:
         raise ValueError(f"dataset_dir {str(dataset_dir)!r}: no usable frames\n{report.summary()}")
+    if not any(item["box"] for item in datalist):
+        raise ValueError(
+            f"dataset_dir {str(dataset_dir)!r}: none of the {len(datalist)} usable frames has a box "
+            f"({len(report.empty_frames)} frames without boxes, {len(report.dropped_boxes)} boxes dropped as too "
+            f"small or degenerate): training would see no polyp. Check the annotation file and masks.\n"
+            f"{report.summary()}"
+        )
     return datalist
 
 

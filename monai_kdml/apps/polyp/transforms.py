@@ -38,7 +38,6 @@ from monai.apps.detection.transforms.dictionary import (
     StandardizeEmptyBoxd,
 )
 from monai.config import KeysCollection
-from monai.data import PILReader
 from monai.data.box_utils import clip_boxes_to_image
 from monai.transforms import (
     AsDiscreted,
@@ -46,7 +45,6 @@ from monai.transforms import (
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     MapTransform,
     RandAdjustContrastd,
     RandGaussianNoised,
@@ -58,7 +56,8 @@ from monai.transforms import (
 )
 from monai.transforms.utils import create_translate
 
-from monai_kdml.data.images import to_rgb
+from monai_kdml.data.images import MAX_IMAGE_PIXELS
+from monai_kdml.data.loading import LoadRGBImaged
 
 __all__ = [
     "ResizeBoxd",
@@ -112,13 +111,12 @@ def _check_size(image_size: int) -> None:
         )
 
 
-def _load_resize_pad(image_size: int, boxes: bool, mask_key: str | None) -> list:
+def _load_resize_pad(image_size: int, boxes: bool, mask_key: str | None, max_image_pixels: int | None) -> list:
     """Deterministic head: load RGB (and mask), resize longest side, pad end to square, boxes alike, uint8."""
     keys = [IMAGE] + ([mask_key] if mask_key else [])
     modes = ["area"] + (["nearest"] if mask_key else [])
     steps: list = [
-        # an ImageReader instance is documented as valid; MONAI's type hint only lists classes and names
-        LoadImaged(keys, reader=PILReader(converter=to_rgb), image_only=True),  # type: ignore[arg-type]
+        LoadRGBImaged(keys, max_image_pixels=max_image_pixels),  # errors name the file
         EnsureChannelFirstd(keys),
     ]
     if boxes:
@@ -163,6 +161,7 @@ def polyp_train_transforms(
     zoom_range: tuple[float, float] = (0.8, 1.25),
     intensity_prob: float = 0.3,
     mask_key: str | None = None,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> Compose:
     """Training chain: the cached deterministic head, then random flips, 90-degree turns, zoom and intensity.
 
@@ -179,6 +178,7 @@ def polyp_train_transforms(
         intensity_prob: probability of each of the four intensity changes.
         mask_key: key of a mask path to load and move with the image (nearest interpolation, no intensity
             changes, uint8), e.g. to check that boxes stay on their objects; ``None``: no mask.
+        max_image_pixels: largest frame loaded (PIL's limit, set in every loading process); as in the pre-flight.
 
     Returns:
         A ``Compose``; call ``set_random_state(seed)`` on it for reproducible draws.
@@ -211,24 +211,28 @@ def polyp_train_transforms(
         RandGaussianNoised(IMAGE, prob=intensity_prob, std=0.02),
         ScaleIntensityRanged(IMAGE, a_min=0.0, a_max=1.0, b_min=0.0, b_max=1.0, clip=True),  # clamp to [0, 1]
     ]
-    return Compose(_load_resize_pad(image_size, True, mask_key) + spatial + intensity + _finalize(True))
+    head = _load_resize_pad(image_size, True, mask_key, max_image_pixels)
+    return Compose(head + spatial + intensity + _finalize(True))
 
 
-def polyp_val_transforms(image_size: int, *, mask_key: str | None = None) -> Compose:
+def polyp_val_transforms(
+    image_size: int, *, mask_key: str | None = None, max_image_pixels: int | None = MAX_IMAGE_PIXELS
+) -> Compose:
     """Validation chain: load, resize the longest side to ``image_size``, pad to square, boxes alike, [0, 1].
 
     Args:
         image_size: side ``S`` of the square output.
         mask_key: see :func:`polyp_train_transforms`.
+        max_image_pixels: see :func:`polyp_train_transforms`.
     """
     _check_size(image_size)
-    return Compose(_load_resize_pad(image_size, True, mask_key) + _to_unit_range() + _finalize(True))
+    return Compose(_load_resize_pad(image_size, True, mask_key, max_image_pixels) + _to_unit_range() + _finalize(True))
 
 
-def polyp_inference_transforms(image_size: int) -> Compose:
+def polyp_inference_transforms(image_size: int, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Compose:
     """Inference chain: as :func:`polyp_val_transforms` for ``"image"`` only (no boxes or labels needed)."""
     _check_size(image_size)
-    return Compose(_load_resize_pad(image_size, False, None) + _to_unit_range() + _finalize(False))
+    return Compose(_load_resize_pad(image_size, False, None, max_image_pixels) + _to_unit_range() + _finalize(False))
 
 
 def box_to_original(

@@ -250,7 +250,15 @@ def test_students_start_from_torchvision_weights_and_bad_files_are_named(msi_bun
 def test_factory_defaults_equal_the_bundle_demo_settings(msi_bundle) -> None:
     config = json.loads((msi_bundle.dir / "train.json").read_text())
     defaults = inspect.signature(prepare_msi_datalists).parameters
-    for key in ("demo_patients", "demo_tiles_per_patient", "val_fraction", "seed", "balance"):
+    for key in (
+        "demo_patients",
+        "demo_tiles_per_patient",
+        "val_fraction",
+        "seed",
+        "balance",
+        "decode",
+        "max_image_pixels",
+    ):
         assert defaults[key].default == config[key], key
     inference = json.loads((msi_bundle.dir / "inference.json").read_text())["untrained_network"]
     demo = config["profiles"]["demo"]

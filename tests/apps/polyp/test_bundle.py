@@ -138,10 +138,10 @@ def test_inference_writes_boxes_in_original_pixels_and_overlays(
     combined = json.loads((out / "predictions.json").read_text())
     assert len(combined) == 3
     for name, entry in combined.items():
-        assert json.loads((out / f"{name}.json").read_text()) == entry
+        assert json.loads((out / "frames" / f"{name}.json").read_text()) == entry
         with Image.open(entry["image"]) as img:
             assert (entry["width"], entry["height"]) == img.size
-        with Image.open(out / f"{name}_overlay.png") as overlay:
+        with Image.open(out / "frames" / f"{name}_overlay.png") as overlay:
             assert overlay.size == (entry["width"], entry["height"])
         for box in entry["bbox"]:
             assert (
@@ -247,7 +247,15 @@ def test_external_cohort_in_the_generic_layout_is_scored_whole(polyp_bundle, tra
 def test_factory_defaults_equal_the_bundle_demo_settings(polyp_bundle) -> None:
     config = json.loads((polyp_bundle.dir / "train.json").read_text())
     defaults = inspect.signature(prepare_polyp_datalists).parameters
-    for key in ("demo_images", "demo_image_size", "val_fraction", "test_fraction", "seed", "max_images"):
+    for key in (
+        "demo_images",
+        "demo_image_size",
+        "val_fraction",
+        "test_fraction",
+        "seed",
+        "max_images",
+        "max_image_pixels",
+    ):
         assert defaults[key].default == config[key], key
     layout = FrameLayout()
     for key in ("images_dir", "masks_dir", "boxes_file", "min_box_size", "keep_empty"):
@@ -333,7 +341,7 @@ def test_prediction_writer_maps_boxes_back_to_original_pixels(tmp_path: Path) ->
     engine = SimpleNamespace(state=SimpleNamespace(batch=batch, output=output))
     writer(engine)
     writer.write_all()
-    entry = json.loads((tmp_path / "out" / "frame.json").read_text())
+    entry = json.loads((tmp_path / "out" / "frames" / "frame.json").read_text())
     assert (entry["width"], entry["height"]) == (120, 60) and len(entry["bbox"]) == 1  # 0.1 < score_thresh
     box = entry["bbox"][0]
     assert [box[k] for k in ("xmin", "ymin", "xmax", "ymax")] == pytest.approx([12, 6, 60, 30])
