@@ -33,6 +33,7 @@ from monai_kdml.handlers import (
     EpochSeedHandler,
     LrScheduleHandlerGroup,
     ModelSelectionState,
+    NonFiniteLossGuard,
     TrainingCheckpoint,
     resume_checkpoint,
 )
@@ -178,6 +179,7 @@ def build(
         ValidationHandler(validator=evaluator, interval=1, epoch_level=True),
         LrScheduleHandlerGroup(schedulers),
         EpochSeedHandler(seed=seed + 42, dataset=dataset),
+        NonFiniteLossGuard(),
         *before_checkpoint,
     ]
     trainer = KDMLTrainer(
