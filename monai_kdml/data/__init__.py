@@ -2,6 +2,7 @@
 the rule of what an evaluation scores."""
 
 from monai_kdml.data.cache import ensure_cache_folder
+from monai_kdml.data.datasets import CACHE_MODES, AfterCache, cached_bytes, cached_dataset, choose_cache
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
 from monai_kdml.data.images import (
     IMAGE_SUFFIXES,
@@ -16,15 +17,22 @@ from monai_kdml.data.images import (
     to_rgb,
 )
 from monai_kdml.data.loading import LoadRGBImaged, load_rgb
+from monai_kdml.memory import GIB
 
 __all__ = [
+    "CACHE_MODES",
+    "GIB",
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
+    "AfterCache",
     "EvaluationSplit",
     "ImageFileError",
     "ImageInfo",
     "LoadRGBImaged",
     "bomb_error",
+    "cached_bytes",
+    "cached_dataset",
+    "choose_cache",
     "ensure_cache_folder",
     "external_split",
     "held_out_split",

@@ -56,6 +56,7 @@ from monai.transforms import (
 )
 from monai.transforms.utils import create_translate
 
+from monai_kdml.data.datasets import AfterCache
 from monai_kdml.data.images import MAX_IMAGE_PIXELS
 from monai_kdml.data.loading import LoadRGBImaged
 
@@ -226,13 +227,16 @@ def polyp_val_transforms(
         max_image_pixels: see :func:`polyp_train_transforms`.
     """
     _check_size(image_size)
-    return Compose(_load_resize_pad(image_size, True, mask_key, max_image_pixels) + _to_unit_range() + _finalize(True))
+    # AfterCache, not a transform: even this all-deterministic chain is cached as uint8 frames
+    return Compose(
+        [*_load_resize_pad(image_size, True, mask_key, max_image_pixels), AfterCache(IMAGE), *_finalize(True)]
+    )
 
 
 def polyp_inference_transforms(image_size: int, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Compose:
     """Inference chain: as :func:`polyp_val_transforms` for ``"image"`` only (no boxes or labels needed)."""
     _check_size(image_size)
-    return Compose(_load_resize_pad(image_size, False, None, max_image_pixels) + _to_unit_range() + _finalize(False))
+    return Compose([*_load_resize_pad(image_size, False, None, max_image_pixels), AfterCache(IMAGE), *_finalize(False)])
 
 
 def box_to_original(
