@@ -16,6 +16,7 @@ datasets or a plain PyTorch loop.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 from collections import Counter, defaultdict
@@ -221,7 +222,14 @@ def kather_datalist(
     for label in range(classes.num_classes):
         if label not in folders:
             found = f"; other folders there: {', '.join(others[:5])}" if others else ""
-            hint = next((classes.suggest(o) for o in others if classes.suggest(o)), "")
+            accepted = [a.lower() for a in classes.aliases[label]]
+            close = [o for o in others if difflib.get_close_matches(o.lower(), accepted, n=1, cutoff=0.6)]
+            name = classes.names[label]
+            hint = (
+                f" If {close[0]!r} is the {name} class, rename it or give it as an alias: [{name!r}, {close[0]!r}]."
+                if close
+                else ""
+            )
             raise DatasetLayoutError(
                 f"{root}: missing the {classes.names[label]} class folder ({classes.accepted(label)}){found}.{hint}"
             )
