@@ -9,8 +9,9 @@ Which implementation computes what:
 
 - AUC: MONAI :class:`~monai.handlers.ROCAUC` on the class probabilities (macro one-vs-rest; for two classes this
   equals the AUC of class 1, since both columns rank samples identically).
-- Two classes: accuracy, balanced accuracy and F1 from MONAI :class:`~monai.handlers.ConfusionMatrix` on channel 1
-  only (``include_background=False``), so the positive class is 1 (MSI) and the numbers are the textbook ones.
+- Two classes: accuracy, balanced accuracy and F1 from MONAI :class:`~monai.handlers.ConfusionMatrix` on the
+  positive class's channel only (``positive_class``, default 1; :class:`PredictionOutput` puts it last and
+  ``include_background=False`` drops the other), so the numbers are the textbook ones for that class.
 - More classes: MONAI's confusion-matrix handler averages one-vs-rest counts, whose "accuracy" counts true
   negatives of every class (a chance-level 9-class model scores ~0.8), so ignite's ``Accuracy``,
   ``Recall(average="macro")`` (= balanced accuracy) and macro ``Fbeta(1)`` are used instead.
@@ -100,17 +101,31 @@ class ProbabilityOutput:
 class PredictionOutput:
     """``(one-hot argmax prediction (B, C), one-hot labels (B, C))`` of one network, for MONAI ``ConfusionMatrix``.
 
-    Args are those of :class:`ProbabilityOutput`.
+    Args are those of :class:`ProbabilityOutput`, and:
+        positive_class: when given, its channel is moved last (the others keep their order), so that a binary
+            ``ConfusionMatrix(include_background=False)`` scores that class.
     """
 
-    def __init__(self, pred_key: str, num_classes: int, label_key: str = "label") -> None:
+    def __init__(
+        self, pred_key: str, num_classes: int, label_key: str = "label", positive_class: int | None = None
+    ) -> None:
         self.pred_key, self.num_classes, self.label_key = pred_key, num_classes, label_key
+        self.order = None if positive_class is None else _positive_last(num_classes, positive_class)
 
     def __call__(self, output: Any) -> tuple[torch.Tensor, torch.Tensor]:
         logits = logits_of(output, self.pred_key, self.num_classes)
         labels = class_indices(output, self.label_key, self.num_classes)
         predicted = one_hot(logits.argmax(dim=1, keepdim=True), self.num_classes, dim=1)
-        return predicted, one_hot(labels[:, None], self.num_classes, dim=1).to(predicted.device)
+        target = one_hot(labels[:, None], self.num_classes, dim=1).to(predicted.device)
+        if self.order is not None:
+            predicted, target = predicted[:, self.order], target[:, self.order]
+        return predicted, target
+
+
+def _positive_last(num_classes: int, positive_class: int) -> list[int]:
+    if isinstance(positive_class, bool) or not 0 <= positive_class < num_classes:
+        raise ValueError(f"`positive_class` must be a class index in [0, {num_classes}), got {positive_class!r}.")
+    return [c for c in range(num_classes) if c != positive_class] + [positive_class]
 
 
 class ClassIndexOutput:
@@ -141,9 +156,9 @@ class StudentLogitsOutput:
         return [stack_output(output, key).float() for key in self.pred_keys]
 
 
-def _confusion_metrics(key: str, num_classes: int, label_key: str) -> dict[str, Metric]:
+def _confusion_metrics(key: str, num_classes: int, label_key: str, positive_class: int) -> dict[str, Metric]:
     if num_classes == 2:
-        transform = PredictionOutput(key, num_classes, label_key)
+        transform = PredictionOutput(key, num_classes, label_key, positive_class)
         return {
             suffix: ConfusionMatrix(
                 include_background=False, metric_name=name, output_transform=transform, save_details=False
@@ -159,35 +174,40 @@ def _confusion_metrics(key: str, num_classes: int, label_key: str) -> dict[str, 
 
 
 def classification_metrics(
-    network_names: Sequence[str], num_classes: int = 2, label_key: str = "label"
+    network_names: Sequence[str], num_classes: int = 2, label_key: str = "label", positive_class: int = 1
 ) -> dict[str, Metric]:
     """Metrics of every network, ready for an evaluator's ``key_val_metric`` / ``additional_metrics``.
 
     Per network ``<net>``: ``<net>_auc``, ``<net>_acc``, ``<net>_bacc`` (balanced accuracy), ``<net>_f1`` (of
-    class 1 for two classes, macro otherwise); plus ``disagreement`` (:class:`StudentDisagreement`) when there are
-    at least two students. Patient-level AUCs are the MSI app's (:func:`monai_kdml.apps.msi.patient_auc_metrics`).
-    All values are scalars, so ``StatsHandler``, ``TensorBoardStatsHandler`` and ``MetricsSaver`` log them unchanged.
+    ``positive_class`` for two classes, macro otherwise); plus ``disagreement`` (:class:`StudentDisagreement`) when
+    there are at least two students. Patient-level AUCs are the MSI app's
+    (:func:`monai_kdml.apps.msi.patient_auc_metrics`). All values are scalars, so ``StatsHandler``,
+    ``TensorBoardStatsHandler`` and ``MetricsSaver`` log them unchanged.
 
     Args:
         network_names: e.g. ``monai_kdml.keys.network_names(K)``.
         num_classes: number of classes C (>= 2).
         label_key: output key of the class index.
+        positive_class: the class whose F1 two classes report (accuracy and balanced accuracy are symmetric);
+            unused for more classes (macro averages).
 
     Returns:
         Fresh metric objects keyed by name (build one dict per evaluator).
 
     Raises:
-        ValueError: empty or duplicated ``network_names``, or ``num_classes < 2``.
+        ValueError: empty or duplicated ``network_names``, ``num_classes < 2``, or ``positive_class`` outside
+            ``[0, num_classes)``.
     """
     if not network_names or len(set(network_names)) != len(network_names):
         raise ValueError(f"`network_names` must be non-empty and unique, got {list(network_names)}.")
     if num_classes < 2:
         raise ValueError(f"`num_classes` must be >= 2, got {num_classes}.")
+    _positive_last(num_classes, positive_class)
     metrics: dict[str, Metric] = {}
     for name in network_names:
         key = pred_key(name)
         metrics[f"{name}_auc"] = ROCAUC(output_transform=ProbabilityOutput(key, num_classes, label_key))
-        for suffix, metric in _confusion_metrics(key, num_classes, label_key).items():
+        for suffix, metric in _confusion_metrics(key, num_classes, label_key, positive_class).items():
             metrics[f"{name}_{suffix}"] = metric
     students = [name for name in network_names if name != ENSEMBLE and not is_teacher_name(name)]
     if len(students) >= 2:

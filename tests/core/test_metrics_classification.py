@@ -151,6 +151,26 @@ def test_multiclass_metrics_are_the_standard_definitions():
         assert results[f"{name}_auc"] == pytest.approx(np.mean(aucs), abs=1e-6)
 
 
+def test_binary_f1_is_of_the_named_positive_class():
+    samples, names = make_samples(20, 2, 2, seed=2), [TEACHER, ENSEMBLE]
+    engine = Engine(lambda e, batch: batch)
+    for key, metric in classification_metrics(names, num_classes=2, positive_class=0).items():
+        metric.attach(engine, key)
+    results = engine.run([samples[i : i + 7] for i in range(0, 20, 7)]).metrics
+    for name in names:
+        probs, labels = network_arrays(samples, name)
+        predicted = probs.argmax(1)
+        tp, fp = np.sum((predicted == 0) & (labels == 0)), np.sum((predicted == 0) & (labels == 1))
+        fn = np.sum((predicted == 1) & (labels == 0))
+        f1_of_0 = 2 * tp / (2 * tp + fp + fn)
+        assert results[f"{name}_f1"] == pytest.approx(f1_of_0, abs=1e-6)
+        tp1 = np.sum((predicted == 1) & (labels == 1))  # class 1's false positives and negatives are class 0's swapped
+        assert f1_of_0 != pytest.approx(2 * tp1 / (2 * tp1 + fn + fp))  # the samples tell the two apart
+        assert results[f"{name}_acc"] == pytest.approx(np.mean(predicted == labels), abs=1e-6)
+    with pytest.raises(ValueError, match=r"`positive_class` must be a class index in \[0, 2\), got 2"):
+        classification_metrics(names, num_classes=2, positive_class=2)
+
+
 # ---------------------------------------------------------------- output transforms
 def test_transforms_read_batched_and_decollated_outputs_alike():
     samples = make_samples(6, 2, 2)

@@ -1,10 +1,12 @@
-"""MSI vs MSS tile classification: Kather et al. layouts, demo tiles, pre-flight checks, patient-level metrics,
-the evaluation report and the inference writer.
+"""Tile classification, MSI vs MSS by default: the classes named in the config, Kather et al. layouts, class
+folders or a CSV of labels, demo tiles, pre-flight checks, patient-level metrics, the evaluation report and the
+inference writer.
 
 Reference: Kather et al., "Deep learning can predict microsatellite instability directly from histology in
 gastrointestinal cancer", Nature Medicine 2019.
 """
 
+from monai_kdml.apps.msi.classes import KATHER_CLASS_NAMES, TileClasses, check_num_classes, tile_classes
 from monai_kdml.apps.msi.datalists import (
     MSIDatalists,
     evaluation_split,
@@ -21,6 +23,7 @@ from monai_kdml.apps.msi.kather import (
     split_by_patient,
     undersample,
 )
+from monai_kdml.apps.msi.label_csv import read_label_csv
 from monai_kdml.apps.msi.patients import (
     PATIENT_KEY,
     PatientAUC,
@@ -35,6 +38,7 @@ from monai_kdml.apps.msi.transforms import MIN_TILE_SIZE, check_tile_size, tile_
 
 __all__ = [
     "CLASS_FOLDERS",
+    "KATHER_CLASS_NAMES",
     "MIN_TILE_SIZE",
     "PATIENT_KEY",
     "ClassificationReport",
@@ -44,7 +48,9 @@ __all__ = [
     "PatientScoreOutput",
     "TileCheckError",
     "TileCheckReport",
+    "TileClasses",
     "TilePredictionWriter",
+    "check_num_classes",
     "check_tile_size",
     "check_tiles",
     "ensure_msi_demo",
@@ -55,8 +61,10 @@ __all__ = [
     "patient_id_from_path",
     "patient_level_scores",
     "prepare_msi_datalists",
+    "read_label_csv",
     "sample_weights",
     "split_by_patient",
+    "tile_classes",
     "tile_datalist",
     "tile_transforms",
     "undersample",

@@ -14,6 +14,7 @@ from ignite.engine import Events
 from monai_kdml.apps.msi.patients import PATIENT_KEY, PatientScoreOutput, patient_level_scores
 from monai_kdml.keys import pred_key
 from monai_kdml.metrics import compression_table, plot_roc_curves
+from monai_kdml.metrics.classification import class_indices
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -28,9 +29,11 @@ _COLUMNS = ("auc", "patient_auc", "acc", "bacc", "f1")
 class ClassificationReport:
     """Collect every network's positive-class probability per tile during one evaluation and write, at the end:
 
-    - ``tile_scores.csv``: path, patient, label and each network's probability;
+    - ``tile_scores.csv``: path, patient, ``label`` (1 = the positive class), ``class`` (the tile's class name) and
+      each network's positive-class probability;
     - ``patient_scores.csv``: the mean probability per patient for each network (the clinical end point);
-    - ``roc_tiles.png`` and ``roc_patients.png``: ROC curves of the ensemble, the teacher and each student;
+    - ``roc_tiles.png`` and ``roc_patients.png``: ROC curves (positive class vs the rest) of the ensemble, the
+      teacher and each student;
     - ``summary.md``: the metrics table (from ``engine.state.metrics``), the students' disagreement and the
       compression figures (parameters and MACs, teacher vs ensemble).
 
@@ -39,6 +42,7 @@ class ClassificationReport:
         network_names: e.g. ``monai_kdml.keys.network_names(K)``.
         num_classes: classes of the logits.
         positive_class: the class scored (1 = MSI).
+        class_names: name of each class, for the CSV and the summary; ``None``: the indices.
         patient_key: output key of the patient ids (``KDMLEvaluator(batch_keys=[patient_key])``).
         compression: a :func:`monai_kdml.metrics.compression_summary` dict, or ``None``.
         title: first heading of ``summary.md``.
@@ -53,9 +57,16 @@ class ClassificationReport:
         patient_key: str = PATIENT_KEY,
         compression: Mapping[str, Any] | None = None,
         title: str = "Evaluation",
+        class_names: Sequence[str] | None = None,
     ) -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"`class_names` has {len(class_names)} names for `num_classes`={num_classes}.")
         self.output_dir = Path(output_dir)
         self.names = list(network_names)
+        self.num_classes, self.positive_class = num_classes, positive_class
+        self.class_names = (
+            [str(c) for c in class_names] if class_names is not None else [str(c) for c in range(num_classes)]
+        )
         self.transforms = {
             n: PatientScoreOutput(pred_key(n), num_classes, positive_class, patient_key) for n in self.names
         }
@@ -69,7 +80,7 @@ class ClassificationReport:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def _reset(self, _engine: Engine) -> None:
-        self._rows = {"path": [], "patient": [], "label": [], **{n: [] for n in self.names}}
+        self._rows = {"path": [], "patient": [], "label": [], "class": [], **{n: [] for n in self.names}}
 
     def _collect(self, engine: Engine) -> None:
         for i, name in enumerate(self.names):
@@ -78,6 +89,8 @@ class ClassificationReport:
                 self._rows["path"] += tiles if tiles is not None else [""] * len(patients)
                 self._rows["patient"] += patients
                 self._rows["label"] += labels.tolist()
+                classes = class_indices(engine.state.output, self.transforms[name].label_key, self.num_classes)
+                self._rows["class"] += [self.class_names[c] for c in classes.tolist()]
             self._rows[name] += probs.tolist()
 
     def __call__(self, engine: Engine) -> None:
@@ -90,19 +103,24 @@ class ClassificationReport:
         patients = {n: patient_level_scores(rows["patient"], rows[n], labels) for n in self.names}
         self._write_tiles(paths, labels, rows)
         self._write_patients(patients)
-        plot_roc_curves({n: (labels, rows[n]) for n in self.names}, self.output_dir / "roc_tiles.png", "Tile level")
+        vs = f"{self.class_names[self.positive_class]} vs rest"
+        tiles_roc = {n: (labels, rows[n]) for n in self.names}
+        plot_roc_curves(tiles_roc, self.output_dir / "roc_tiles.png", f"Tile level, {vs}")
         if len({r["label"] for r in patients[self.names[0]]}) == 2:
             curves = {n: ([r["label"] for r in p], [r["probability"] for r in p]) for n, p in patients.items()}
-            plot_roc_curves(curves, self.output_dir / "roc_patients.png", "Patient level (mean tile probability)")
+            plot_roc_curves(
+                curves, self.output_dir / "roc_patients.png", f"Patient level (mean tile probability), {vs}"
+            )
         (self.output_dir / "summary.md").write_text(self._summary(engine, len(paths), len(patients[self.names[0]])))
         logger.info("Evaluation report written to %s.", self.output_dir)
 
     def _write_tiles(self, paths: list[str], labels: list, rows: dict) -> None:
         with (self.output_dir / "tile_scores.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "patient_id", "label", *(f"p_{n}" for n in self.names)])
+            writer.writerow(["path", "patient_id", "label", "class", *(f"p_{n}" for n in self.names)])
             for i, path in enumerate(paths):
-                writer.writerow([path, rows["patient"][i], labels[i], *(f"{rows[n][i]:.6f}" for n in self.names)])
+                probs = [f"{rows[n][i]:.6f}" for n in self.names]
+                writer.writerow([path, rows["patient"][i], labels[i], rows["class"][i], *probs])
 
     def _write_patients(self, patients: dict[str, list[dict]]) -> None:
         first = patients[self.names[0]]
@@ -115,7 +133,17 @@ class ClassificationReport:
 
     def _summary(self, engine: Engine, num_tiles: int, num_patients: int) -> str:
         metrics = engine.state.metrics
-        lines = [f"# {self.title}", "", f"{num_tiles} tiles from {num_patients} patients.", ""]
+        positive = self.class_names[self.positive_class]
+        classes = ", ".join(f"{name} ({i})" for i, name in enumerate(self.class_names))
+        if self.num_classes == 2:
+            scored = f"Positive class (ROC curves, patient_auc, f1, the CSVs' probabilities): {positive}."
+        else:
+            scored = (
+                f"Positive class (ROC curves, patient_auc, the CSVs' probabilities): {positive}; auc, acc, bacc and "
+                f"f1 are macro averages over the {self.num_classes} classes."
+            )
+        lines = [f"# {self.title}", "", f"{num_tiles} tiles from {num_patients} patients. Classes: {classes}.", scored]
+        lines.append("")
         lines += ["| network | " + " | ".join(_COLUMNS) + " |", "|---|" + "---:|" * len(_COLUMNS)]
         for name in self.names:
             values = [metrics.get(f"{name}_{c}") for c in _COLUMNS]

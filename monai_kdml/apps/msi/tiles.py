@@ -35,6 +35,7 @@ class TileCheckReport:
 
     total: int = 0
     kept: int = 0
+    missing: int = 0
     corrupt: int = 0
     not_image: int = 0
     too_large: int = 0
@@ -49,7 +50,8 @@ class TileCheckReport:
     seconds: float = 0.0
 
     skipped = property(
-        lambda self: self.corrupt + self.not_image + self.too_large + self.unsupported, doc="Unusable tiles, dropped."
+        lambda self: self.missing + self.corrupt + self.not_image + self.too_large + self.unsupported,
+        doc="Unusable tiles, dropped.",
     )
     converted = property(lambda self: sum(self.modes.values()), doc="Kept tiles that are not RGB.")
     resized = property(lambda self: sum(self.sizes.values()), doc="Kept tiles of another size.")
@@ -64,6 +66,7 @@ class TileCheckReport:
         lines = [
             f"Tile check ({how[self.decode]}, {self.decoded} decoded, {self.seconds:.1f} s): kept {self.kept} of "
             f"{self.total} tiles",
+            f"  skipped, no such file:          {self.missing}",
             f"  skipped, corrupt or truncated:  {self.corrupt}",
             f"  skipped, not an image:          {self.not_image}",
             f"  skipped, over max_image_pixels: {self.too_large}",
@@ -77,7 +80,7 @@ class TileCheckReport:
         return "\n".join(line.rstrip() for line in lines)
 
 
-_KINDS = {"missing": "corrupt", "corrupt": "corrupt", "not_image": "not_image", "too_large": "too_large"}
+_KINDS = {"missing": "missing", "corrupt": "corrupt", "not_image": "not_image", "too_large": "too_large"}
 
 
 def _inspect_chunk(
@@ -99,11 +102,13 @@ def check_tiles(
     num_workers: int | None = None,
     max_bad_fraction: float | None = 0.05,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    class_names: Sequence[str] | None = None,
 ) -> tuple[list[dict[str, Any]], TileCheckReport]:
     """Pre-flight check of every tile before training or inference: drop unusable files, count what the pipeline fixes.
 
-    - corrupt, truncated, non-image files, images over ``max_image_pixels`` and images whose values
-      :func:`~monai_kdml.data.to_rgb` refuses (floats outside [0, 1], ...): logged, counted and **skipped**;
+    - missing files (a CSV row naming no file), corrupt, truncated, non-image files, images over
+      ``max_image_pixels`` and images whose values :func:`~monai_kdml.data.to_rgb` refuses (floats outside [0, 1],
+      ...): logged, counted and **skipped**;
     - grayscale, palette, RGBA, ... tiles: kept and counted; 16-bit and [0, 1] float tiles: kept and counted as
       scaled; the loaders (:func:`~monai_kdml.data.to_rgb`) convert and scale them;
     - tiles of another size than ``expected_size``: kept and counted; the pipeline's resize handles them.
@@ -141,6 +146,7 @@ def check_tiles(
             files); ``None``: no limit (inference: predict every readable tile).
         max_image_pixels: tiles with more pixels are skipped; also set as PIL's process-wide limit
             (:mod:`monai_kdml.data.images`); give the loaders the same value.
+        class_names: name of each label, for messages; Kather's by default.
 
     Returns:
         ``(clean_datalist, report)``: the usable items in input order and a :class:`TileCheckReport`.
@@ -179,7 +185,8 @@ def check_tiles(
     labelled = [item for item in datalist if "label" in item]
     emptied = {item["label"] for item in labelled} - {item.get("label") for item in clean if "label" in item}
     if emptied:
-        names = sorted(CLASS_NAMES.get(label, str(label)) for label in emptied)
+        lookup = CLASS_NAMES if class_names is None else dict(enumerate(class_names))
+        names = sorted(str(lookup.get(label, label)) for label in emptied)
         raise TileCheckError(f"every tile of class {names} is unusable:\n{report.summary()}")
     if max_bad_fraction is not None and report.total and report.skipped / report.total > max_bad_fraction:
         raise TileCheckError(

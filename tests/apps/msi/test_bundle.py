@@ -47,6 +47,7 @@ def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
     assert record == {
         "bundle": "msi", "preset": "demo", "teacher_network": "resnet18", "student_network": "resnet10_slim",
         "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32, "teacher_members": 0,
+        "class_names": [["MSS", "nonMSIH"], ["MSI", "MSIMUT", "MSIH"]], "positive_class": "MSI",
     }  # fmt: skip
 
 
