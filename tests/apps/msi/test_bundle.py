@@ -112,8 +112,10 @@ def test_export_torchscript_matches(msi_bundle, trained: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "inference")])
-def test_check_properties(msi_bundle, config: str, kind: str) -> None:
-    workflow = ConfigWorkflow(config_file=str(msi_bundle.dir / config), workflow_type=kind, logging_file=False)
+def test_check_properties(msi_bundle, config: str, kind: str, tmp_path: Path) -> None:
+    workflow = ConfigWorkflow(
+        config_file=str(msi_bundle.dir / config), workflow_type=kind, logging_file=False, bundle_root=str(tmp_path)
+    )
     workflow.initialize()
     assert workflow.check_properties() == []
 
