@@ -112,10 +112,12 @@ def test_export_torchscript_matches(msi_bundle, trained: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "inference")])
-def test_check_properties(msi_bundle, config: str, kind: str, tmp_path: Path) -> None:
+def test_check_properties(msi_bundle, real_tiles: Path, config: str, kind: str, tmp_path: Path) -> None:
+    data = {"dataset_dir": str(real_tiles)} if kind == "inference" else {}  # nothing written into the repository
     workflow = ConfigWorkflow(
-        config_file=str(msi_bundle.dir / config), workflow_type=kind, logging_file=False, bundle_root=str(tmp_path)
-    )
+        config_file=str(msi_bundle.dir / config), workflow_type=kind, logging_file=False, bundle_root=str(tmp_path),
+        **data,
+    )  # fmt: skip
     workflow.initialize()
     assert workflow.check_properties() == []
 
