@@ -116,6 +116,7 @@ def check_cli_overrides(known: Iterable[str] = ()) -> None:
     command = _cli_command()
     if command is None:
         return
+    _summarise_errors_at_exit()
     name, args = command
     _, named = _parse_fire_args(args)
     key = (name, *args)
@@ -149,6 +150,32 @@ def check_cli_overrides(known: Iterable[str] = ()) -> None:
             "Every key the bundle reads is listed at the top of its train.json and in its README."
         )
     _CHECKED.add(key)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception under MONAI's "Failed to evaluate/instantiate" wrappers."""
+    seen: set[int] = set()
+    while id(error) not in seen:
+        seen.add(id(error))
+        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if inner is None or not isinstance(error, RuntimeError) or "Failed to" not in str(error):
+            break
+        error = inner
+    return error
+
+
+def _summarise_errors_at_exit() -> None:
+    """After the usual traceback, end with the one line that says what is wrong (MONAI ends with its wrapper)."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
+        previous(kind, error, trace)
+        cause = _root_cause(error)
+        if cause is not error:
+            print(f"\nmonai-kdml: {type(cause).__name__}: {cause}", file=sys.stderr)
+
+    if getattr(sys.excepthook, "__name__", "") != "hook":
+        sys.excepthook = hook
 
 
 # ---------------------------------------------------------------- options shared by both bundles

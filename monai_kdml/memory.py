@@ -201,7 +201,8 @@ def check_training_memory(
             if fits >= 1
             else "nothing fits: lower `--image_size`, use a smaller `--preset`, or free memory"
         )
-        data = f"; or keep the data ({estimate.data / GIB:.1f} GiB) on disk: `--cache disk`" if estimate.data else ""
+        big_data = estimate.data > 0.1 * need
+        data = f"; or keep the data ({estimate.data / GIB:.1f} GiB) on disk: `--cache disk`" if big_data else ""
         raise MemoryError(
             f"this run needs an estimated {need / GIB:.1f} GiB at `batch_size` {batch_size} and `image_size` "
             f"{'x'.join(map(str, spatial))}, but {torch.device(device).type} has {free / GIB:.1f} GiB free "
