@@ -148,6 +148,16 @@ def test_two_process_gloo_run(msi_bundle, tmp_path: Path) -> None:
     demo_ensemble(2).load_state_dict(state)
 
 
+def test_weighted_sampling_is_kept_under_ddp(msi_bundle, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.json"  # one more layer: report the sampler each rank trains with, then train
+    probe.write_text(json.dumps({"run": ["$print('SAMPLER', type(@train#sampler).__name__)", "$@train#trainer.run()"]}))
+    out = msi_bundle.cli(
+        "--bundle_root", str(tmp_path / "run"), "--max_epochs", "1", *TINY, "--batch_size", "4",
+        "--balance", "weighted", config=["train.json", "multi_gpu_train.json", str(probe)], torchrun=2,
+    )  # fmt: skip
+    assert out.stdout.count("SAMPLER DistributedWeightedRandomSampler") == 2  # both ranks, not dropped
+
+
 class TestBadInput:
     def test_missing_dataset_dir(self, msi_bundle, tmp_path: Path) -> None:
         out = msi_bundle.cli("--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "nope"), check=False)
