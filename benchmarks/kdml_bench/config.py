@@ -44,7 +44,7 @@ class Profile:
         (32, 64, 16, ("plain", "cached")),
         (224, 8, 8, ("plain", "cached")),
     )
-    pipeline_repeats: int = 5
+    pipeline_repeats: int = 3
     pipeline_tile_size: int = 224
     # 3. scaling in K
     scaling_workloads: tuple[Workload, ...] = (Workload("demo", 32, 4), Workload("demo", 32, 16))
@@ -70,7 +70,7 @@ class Profile:
     # 7. threads
     threads_workload: Workload = Workload("demo", 32, 8)
     threads_counts: tuple[int, ...] = (1, 2)
-    threads_iters: int = 4
+    threads_iters: int = 3
     threads_repeats: int = 3
     # CUDA only: autocast / channels_last
     precision: Workload = Workload("resnet50-resnet18", 224, 64)

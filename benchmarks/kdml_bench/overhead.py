@@ -14,7 +14,15 @@ import torch
 from kdml_bench.config import Profile
 from kdml_bench.report import Figure, SectionResult, Table
 from kdml_bench.timing import interleave, paired_ratios, stats
-from kdml_bench.workloads import Networks, build_networks, kdml_loss, kdml_step, kdml_trainer, synthetic_batches
+from kdml_bench.workloads import (
+    Networks,
+    as_meta_batches,
+    build_networks,
+    kdml_loss,
+    kdml_step,
+    kdml_trainer,
+    synthetic_batches,
+)
 from monai_kdml.losses import KDMLLoss
 
 __all__ = ["run"]
@@ -29,17 +37,23 @@ def run(profile: Profile, device: torch.device) -> SectionResult:
         nets = build_networks(w.preset, profile.num_students, device, profile.seed)
         batches = synthetic_batches(profile.overhead_iters, w.batch, w.image_size, device, profile.seed)
         loss = kdml_loss()
+        meta = as_meta_batches(batches)
         trainers = {
             "decollate": kdml_trainer(nets, batches, device, epoch_length=len(batches)),
             "no_decollate": kdml_trainer(nets, batches, device, epoch_length=len(batches), decollate=False),
+            "metatensor": kdml_trainer(nets, meta, device, epoch_length=len(meta)),
         }
 
-        manual = _manual(nets, loss, batches, device)
+        cases = {"manual": _manual(nets, loss, batches, device), "manual again": _manual(nets, loss, batches, device)}
         times = interleave(
-            {"manual": manual, **{k: t.run for k, t in trainers.items()}}, profile.repeats, device, profile.warmup
+            {**cases, **{k: t.run for k, t in trainers.items()}}, profile.repeats, device, profile.warmup
         )
         n = len(batches)
-        for key, label in (("decollate", "defaults (decollate=True)"), ("no_decollate", "decollate=False")):
+        same = paired_ratios(times["manual again"], times["manual"])
+        result.figures.append(Figure(f"A/A: hand-written loop / itself, {w.label()}", same, note="the noise floor"))
+        labels = {"decollate": "defaults (decollate=True)", "no_decollate": "decollate=False",
+                  "metatensor": "defaults, MetaTensor batches"}  # fmt: skip
+        for key, label in labels.items():
             result.figures.append(
                 Figure(
                     f"KDMLTrainer {label} / hand-written loop, {w.label()}",
@@ -52,7 +66,7 @@ def run(profile: Profile, device: torch.device) -> SectionResult:
         extra = {
             k: stats([(a - b) / n * 1000 for a, b in zip(v, times["manual"], strict=True)])["median"]
             for k, v in times.items()
-            if k != "manual"
+            if k not in cases
         }
         rows.append(
             [
@@ -62,6 +76,8 @@ def run(profile: Profile, device: torch.device) -> SectionResult:
                 f"{extra['decollate']:+.2f}",
                 f"{per_iter['no_decollate']:.1f}",
                 f"{extra['no_decollate']:+.2f}",
+                f"{per_iter['metatensor']:.1f}",
+                f"{extra['metatensor']:+.2f}",
             ]
         )
         result.details[w.label()] = {
@@ -73,7 +89,7 @@ def run(profile: Profile, device: torch.device) -> SectionResult:
     result.tables.append(
         Table(
             "milliseconds per iteration (medians; noisy absolute values, the ratios above are the figures)",
-            ["workload", "hand-written", "trainer", "extra", "trainer, no decollate", "extra"],
+            ["workload", "hand-written", "trainer", "extra", "no decollate", "extra", "MetaTensor batches", "extra"],
             rows,
         )
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor, list_data_collate
 from torch import nn
 
 from monai_kdml.engines import KDMLTrainer
@@ -17,6 +18,7 @@ from monai_kdml.networks import build_network, get_preset
 __all__ = [
     "Networks",
     "adamw",
+    "as_meta_batches",
     "build_networks",
     "build_one",
     "ce_step",
@@ -86,6 +88,16 @@ def synthetic_batches(
         if channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         out.append({"image": image, "label": torch.randint(0, 2, (batch,), generator=g).to(device)})
+    return out
+
+
+def as_meta_batches(batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The same batches as MONAI's pipeline delivers them: collated ``MetaTensor`` images and labels with metadata."""
+    out = []
+    for b in batches:
+        items = [{"image": MetaTensor(img, meta={"filename_or_obj": f"tile_{i}.png"}), "label": MetaTensor(lab)}
+                 for i, (img, lab) in enumerate(zip(b["image"], b["label"], strict=True))]  # fmt: skip
+        out.append(list_data_collate(items))
     return out
 
 
