@@ -1,6 +1,6 @@
 """6. Memory: peak RSS of one ``KDMLTrainer`` step against each network trained alone, per preset and batch size.
 
-Every configuration runs in its own guarded process (:mod:`kdml_bench.probes`): a step at batch 1 allocates the
+Every configuration runs in its own guarded process (:mod:`kdml_bench.probes`): a step at batch 2 allocates the
 optimizer state, then one step at the batch size; the peak is ``VmHWM`` (on CUDA: ``max_memory_allocated``).
 Batches run small to large and stop at the first that exceeds the limit (default 12 GiB, lowered to what the
 machine has available minus 2 GiB); the others are then estimated from a straight line through the measured peaks.

@@ -139,8 +139,9 @@ def _child(spec: dict[str, Any], limit_bytes: int, conn: Any) -> None:
 
 
 def _train(spec: dict[str, Any], device: torch.device) -> None:
-    """One step at batch 1 (allocates optimizer state), then one at ``spec["batch"]``: kdml, teacher or student."""
-    data = synthetic_batches(1, 1, spec["image_size"], device) + synthetic_batches(
+    """One step at batch 2 (allocates optimizer state; BatchNorm refuses one value per channel), then one at
+    ``spec["batch"]``: kdml, teacher or student."""
+    data = synthetic_batches(1, 2, spec["image_size"], device) + synthetic_batches(
         1, spec["batch"], spec["image_size"], device, seed=1
     )
     if spec["role"] == "kdml":

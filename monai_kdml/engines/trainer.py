@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from monai.data import MetaTensor
 from monai.engines import Trainer, Workflow
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
 from monai.inferers import Inferer, SimpleInferer
@@ -190,7 +191,9 @@ class KDMLTrainer(Trainer):
         # 1. one batch serves every network
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
-        net_inputs = inputs.as_tensor() if engine.compile and hasattr(inputs, "as_tensor") else inputs
+        # networks and losses get plain tensors: MetaTensor's Python dispatch of every op cost 6-10 % of a step
+        # (docs/benchmarks.md); the output keeps the MetaTensors, whose meta the metrics and writers read
+        net_inputs, loss_targets = _plain(inputs), _plain(targets)
         engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
         online = engine.teacher_optimizer is not None
         for optimizer in engine.trainable_optimizers:
@@ -217,7 +220,7 @@ class KDMLTrainer(Trainer):
 
             # 3. the loss dict; the total is what one backward needs
             terms = engine.loss_function(
-                student_preds, teacher_pred, targets, use_kd=engine.mode.uses_kd, use_ml=engine.mode.uses_ml
+                student_preds, teacher_pred, loss_targets, use_kd=engine.mode.uses_kd, use_ml=engine.mode.uses_ml
             )
             total = terms["loss"] + terms["teacher"]["loss"] if online and "teacher" in terms else terms["loss"]
             engine.state.output[CommonKeys.LOSS] = total
@@ -352,6 +355,11 @@ def _check_output_shapes(teacher_pred: Any, student_preds: list) -> None:
                 f"{student_name(k)} output shape {_shapes(pred)} differs from the {TEACHER}'s {expected}: "
                 "distillation needs outputs that align element for element (same classes, same spatial size)."
             )
+
+
+def _plain(x: Any) -> Any:
+    """A MetaTensor's data as a plain tensor (no copy); anything else as it is."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def _detach(x: Any) -> Any:
