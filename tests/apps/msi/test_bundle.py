@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 
-from monai_kdml.apps.msi import prepare_msi_datalists
+from monai_kdml.apps.msi import make_msi_demo, prepare_msi_datalists
 from monai_kdml.networks import StudentEnsemble, build_network, get_preset
 
 TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
@@ -111,8 +111,19 @@ def test_export_torchscript_matches(msi_bundle, trained: Path, tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("config", "kind"), [("train.json", "train"), ("inference.json", "inference")])
-def test_check_properties(msi_bundle, config: str, kind: str) -> None:
-    workflow = ConfigWorkflow(config_file=str(msi_bundle.dir / config), workflow_type=kind, logging_file=False)
+def test_check_properties(msi_bundle, config: str, kind: str, tmp_path: Path) -> None:
+    # a temporary bundle_root: the properties build the trainer (TensorBoard files) and the demo data
+    if kind == "train":
+        override = {"demo_patients": 8, "demo_tiles_per_patient": 4, "image_size": 32}
+    else:
+        override = {"dataset_dir": str(make_msi_demo(tmp_path / "demo", 4, 2, 32) / "CRC_DX_TEST")}
+    workflow = ConfigWorkflow(
+        config_file=str(msi_bundle.dir / config),
+        workflow_type=kind,
+        logging_file=False,
+        bundle_root=str(tmp_path),
+        **override,
+    )
     workflow.initialize()
     assert workflow.check_properties() == []
 
