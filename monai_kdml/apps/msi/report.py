@@ -42,6 +42,7 @@ class ClassificationReport:
         patient_key: output key of the patient ids (``KDMLEvaluator(batch_keys=[patient_key])``).
         compression: a :func:`monai_kdml.metrics.compression_summary` dict, or ``None``.
         title: first heading of ``summary.md``.
+        classes: names of class 0 and class 1 in the ROC plots.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class ClassificationReport:
         patient_key: str = PATIENT_KEY,
         compression: Mapping[str, Any] | None = None,
         title: str = "Evaluation",
+        classes: tuple[str, str] = ("MSS", "MSI"),
     ) -> None:
         self.output_dir = Path(output_dir)
         self.names = list(network_names)
@@ -61,6 +63,7 @@ class ClassificationReport:
         }
         self.compression = compression
         self.title = title
+        self.classes = (str(classes[0]), str(classes[1]))
         self._rows: dict[str, list] = {}
 
     def attach(self, engine: Engine) -> None:
@@ -90,12 +93,15 @@ class ClassificationReport:
         patients = {n: patient_level_scores(rows["patient"], rows[n], labels) for n in self.names}
         self._write_tiles(paths, labels, rows)
         self._write_patients(patients)
-        plot_roc_curves({n: (labels, rows[n]) for n in self.names}, self.output_dir / "roc_tiles.png", "Tile level")
+        tiles = {n: (labels, rows[n]) for n in self.names}
+        plot_roc_curves(tiles, self.output_dir / "roc_tiles.png", "Tile level", "tiles", self.classes)
         if len({r["label"] for r in patients[self.names[0]]}) == 2:
             curves = {n: ([r["label"] for r in p], [r["probability"] for r in p]) for n, p in patients.items()}
-            plot_roc_curves(curves, self.output_dir / "roc_patients.png", "Patient level (mean tile probability)")
-        (self.output_dir / "summary.md").write_text(self._summary(engine, len(paths), len(patients[self.names[0]])))
-        logger.info("Evaluation report written to %s.", self.output_dir)
+            title = "Patient level (mean tile probability)"
+            plot_roc_curves(curves, self.output_dir / "roc_patients.png", title, "patients", self.classes)
+        summary = self._summary(engine, len(paths), len(patients[self.names[0]]))
+        (self.output_dir / "summary.md").write_text(summary)
+        logger.info("Evaluation summary (%s):\n%s", self.output_dir / "summary.md", summary.rstrip())
 
     def _write_tiles(self, paths: list[str], labels: list, rows: dict) -> None:
         with (self.output_dir / "tile_scores.csv").open("w", newline="") as f:
