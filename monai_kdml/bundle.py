@@ -28,11 +28,12 @@ from monai.bundle import ConfigParser
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 from monai_kdml.commands import bundle_command
 from monai_kdml.keys import Mode, TeacherMode
+from monai_kdml.progress import on_terminal
 
 __all__ = [
     "RECORD_NAME",
-    "announce",
     "bundle_command",
+    "cache_progress",
     "check_against_record",
     "check_cli_overrides",
     "check_options",
@@ -191,9 +192,11 @@ def pick_metric(metrics: Mapping[str, Any], name: str, key: str = "key_metric") 
     return {name: metrics[name]}
 
 
-def announce(message: str, *args: Any) -> None:
-    """Log ``message % args`` at INFO: a config's way to say what a slow step is about to do, before it starts."""
-    logger.info(message, *args)
+def cache_progress(count: int, what: str) -> bool:
+    """A ``CacheDataset``'s ``progress`` flag that also says what is about to happen: log "Caching <count> <what> in
+    memory ..." and return whether to show MONAI's progress bar (a terminal only; a log file gets no redraws)."""
+    logger.info("Caching %d %s in memory (decoded and resized once) ...", count, what)
+    return on_terminal()
 
 
 # ---------------------------------------------------------------- run folders

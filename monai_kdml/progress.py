@@ -48,8 +48,8 @@ class Progress:
 
     Args:
         total: number of steps.
-        desc: what is counted, e.g. ``"train epoch 3/14"`` or ``"demo tiles"``.
-        unit: name of one step in the log lines (``"it"``, ``"tiles"``, ``"frames"``).
+        desc: what is counted, e.g. ``"train 3/14"`` or ``"MSI demo tiles"``.
+        unit: one step, singular, for the rate (``"it"``, ``"tile"``, ``"batch"``).
         logger: where the periodic lines go (default ``monai_kdml.progress``).
         interval: seconds between log lines when not on a terminal.
         bar: a tqdm bar (default: when on a terminal); ``False`` logs lines instead.
@@ -115,11 +115,11 @@ class Progress:
             self.logger.info(self.line(**postfix))
 
     def line(self, **postfix: float) -> str:
-        """``"<desc>: 120/576 it (21 %), 0.45 s/it, ETA 3 min 25 s"`` (+ run ETA and ``postfix``)."""
+        """``"<desc>: 120/576 (21 %), 0.45 s/it, ETA 3 min 25 s"`` (+ run ETA and ``postfix``)."""
         rate = self.elapsed / max(self.done, 1)
         speed = f"{rate:.2f} s/{self.unit}" if rate >= 0.1 else f"{1 / max(rate, 1e-9):.1f} {self.unit}/s"
         percent = 100 * self.done / max(self.total, 1)
-        parts = [f"{self.desc}: {self.done}/{self.total} {self.unit} ({percent:.0f} %)", speed]
+        parts = [f"{self.desc}: {self.done}/{self.total} ({percent:.0f} %)", speed]
         eta = self.eta()
         if eta is not None and self.done < self.total:
             parts.append(f"ETA {format_duration(eta)}")

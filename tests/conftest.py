@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -33,13 +34,16 @@ torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 # what the tools themselves leave in a checkout (byte-code, tool caches, an editable install's metadata)
 _TOOL_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".hypothesis", ".egg-info")
+# what a developer may write while the tests run: edits of tracked files, new code and docs
+_EDITS = re.compile(r"^(?!\?\?|!!)|^\?\? .*\.(py|md)$")
 # where runs write: a file appearing or changing here counts even when its folder is already listed by git
 _OUTPUT_DIRS = ("models", "eval", ".cache", "runs", "outputs")
 
 
 def repository_state(repo: Path) -> set[str] | None:
-    """Untracked, ignored and modified entries of ``git status`` plus every file (with its mtime and size) in the run
-    output folders of ``repo`` and its bundles; ``None`` when ``repo`` is not a git checkout."""
+    """Untracked and ignored entries of ``git status`` (not tool caches, new ``.py``/``.md`` files or edits of tracked
+    files, which are the developer's) plus every file, with its mtime and size, in the run output folders of ``repo``
+    and its bundles; ``None`` when ``repo`` is not a git checkout."""
     try:
         status = subprocess.run(
             ["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True, text=True, timeout=120,
@@ -47,7 +51,8 @@ def repository_state(repo: Path) -> set[str] | None:
         ).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
-    state = {line for line in status.splitlines() if not any(cache in line for cache in _TOOL_CACHES)}
+    lines = status.splitlines()
+    state = {line for line in lines if not _EDITS.match(line) and not any(cache in line for cache in _TOOL_CACHES)}
     folders = [repo / d for d in _OUTPUT_DIRS] + [b / d for b in (repo / "bundles").glob("*") for d in _OUTPUT_DIRS]
     for folder in folders:
         for path in folder.rglob("*") if folder.is_dir() else ():

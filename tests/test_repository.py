@@ -53,3 +53,6 @@ def test_the_guard_sees_files_written_into_the_tree(repo_state, tmp_path: Path) 
     (tmp_path / "ensemble.ts").unlink()
     (tmp_path / "models" / "model.pt").write_bytes(b"22")  # already ignored and listed: only its size/mtime tell
     assert len(repo_state(tmp_path) - before) == 1
+    before = repo_state(tmp_path)
+    (tmp_path / "new_test.py").write_text("")  # the developer's new code or an edit is not a test's output
+    assert repo_state(tmp_path) == before

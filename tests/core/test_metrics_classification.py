@@ -241,4 +241,3 @@ def test_roc_figure_states_n_and_keeps_overlapping_curves_visible():
     notes = [t.get_text() for t in figure.texts]
     assert notes == ["curves overlap exactly: teacher = student_0 = ensemble"]
     assert roc_figure({"teacher": curves["student_1"]}).texts == []
-

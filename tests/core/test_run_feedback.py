@@ -97,7 +97,7 @@ def logged(toy, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_progress_lines_give_the_rate_and_an_eta(logged: dict) -> None:
     lines = [m for m in logged["messages"] if m.startswith("train ")]
-    assert lines[0].startswith("train 1/2: 1/6 it (17 %), ") and "ETA" in lines[0] and "loss " in lines[0]
+    assert lines[0].startswith("train 1/2: 1/6 (17 %), ") and "ETA" in lines[0] and "loss " in lines[0]
     assert any("run ETA" in m for m in lines)  # the remaining epochs are part of the estimate
     assert not any(m.startswith("validate") for m in logged["messages"])  # short validations stay silent
 
@@ -197,10 +197,10 @@ def test_tag_layout_and_name_splitting() -> None:
 
 def test_progress_without_a_terminal_logs_every_interval(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("test.progress")
-    with caplog.at_level(logging.INFO, "test.progress"), Progress(10, "demo tiles", "tiles", logger, 3600) as p:
+    with caplog.at_level(logging.INFO, "test.progress"), Progress(10, "demo tiles", "tile", logger, 3600) as p:
         for _ in range(10):
             p.update()
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["demo tiles: 1/10 tiles (10 %)"]
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["demo tiles: 1/10 (10 %)"]
     assert (
         format_duration(5) == "5.0 s" and format_duration(185) == "3 min 05 s" and format_duration(7500) == "2 h 05 min"
     )

@@ -352,7 +352,7 @@ def make_msi_demo(
     for split in ("TRAIN", "TEST"):
         if (root / f"CRC_DX_{split}").exists():
             raise FileExistsError(f"{root / f'CRC_DX_{split}'} exists; make_msi_demo writes only into a fresh root.")
-    with Progress(num_patients * tiles_per_patient, "MSI demo tiles", "tiles", logger, interval=10) as progress:
+    with Progress(num_patients * tiles_per_patient, "MSI demo tiles", "tile", logger, interval=10) as progress:
         for index, patient in enumerate(_patients(config)):
             folder = root / f"CRC_DX_{patient.split}" / ("MSIMUT" if patient.label else "MSS")
             folder.mkdir(parents=True, exist_ok=True)

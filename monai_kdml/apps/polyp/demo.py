@@ -211,7 +211,7 @@ def make_polyp_demo(root: str | Path, num_images: int, image_size: int = 288, se
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     boxes: dict[str, dict] = {}
-    with Progress(num_images, "polyp demo frames", "frames", logger, interval=10) as progress:
+    with Progress(num_images, "polyp demo frames", "frame", logger, interval=10) as progress:
         for i in range(num_images):
             rng = np.random.default_rng([seed, i])
             height, width = _frame_size(image_size, rng)
