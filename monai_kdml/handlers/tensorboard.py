@@ -24,8 +24,9 @@ __all__ = ["TensorBoardCurves", "tag_layout"]
 def tag_layout(tags: Sequence[str]) -> dict[str, dict[str, list]]:
     """The custom-scalars layout for ``tags``: one chart per ``<group>/<quantity>`` holding every ``.../<network>``.
 
-    ``train/kd/student_0`` and ``train/kd/student_1`` share the chart "kd" of the category "train"; ``lr/*`` and
-    ``warmup/*`` are one chart each in "schedules"; a tag without a network (``val/disagreement``) has its own chart.
+    ``train/kd/student_0`` and ``train/kd/student_1`` share the chart "kd" of the category "training (per
+    iteration)", ``val/auc/*`` the chart "auc" of "validation (per epoch)"; ``lr/*`` and ``warmup/*`` are one chart
+    each in "schedules"; a tag without a network (``val/disagreement``) has a chart of its own.
     """
     categories = {"train": "training (per iteration)", "val": "validation (per epoch)"}
     layout: dict[str, dict[str, list]] = {}
