@@ -3,7 +3,8 @@
 Writes ``--num-volumes`` random volumes (bright spheres in noise) as ``.nii.gz`` with nibabel, reads them back with
 MONAI's ``LoadImaged``, trains a MONAI UNet teacher and two thinner UNet students with voxel-wise KD + ML
 (``KDMLLoss`` with a Dice-CE supervised loss) and reports the mean Dice of the teacher, each student and the student
-ensemble. TensorBoard event files go to ``<output-dir>/runs``.
+ensemble. TensorBoard event files go to ``<output-dir>/runs`` (``train/dice_ce/<network>``, ``val/dice/<network>``:
+every network on one chart in the "custom scalars" dashboard).
 
     python examples/segment_3d_blobs.py --output-dir /tmp/blobs3d --epochs 10
 """
@@ -19,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
-from monai.handlers import MeanDice, StatsHandler, TensorBoardStatsHandler, ValidationHandler, from_engine
+from monai.handlers import MeanDice, ValidationHandler, from_engine
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from monai.transforms import (
@@ -32,7 +33,7 @@ from monai.transforms import (
 )
 
 from monai_kdml.engines import KDMLEvaluator, KDMLTrainer
-from monai_kdml.handlers import loss_terms
+from monai_kdml.handlers import EpochSummary, TensorBoardCurves
 from monai_kdml.keys import network_names, pred_key
 from monai_kdml.losses import KDMLLoss
 
@@ -102,10 +103,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         postprocessing=post,
         key_val_metric={"ensemble_dice": metrics.pop("ensemble_dice")},
         additional_metrics=metrics,
-        val_handlers=[
-            StatsHandler(iteration_log=False),
-            TensorBoardStatsHandler(log_dir=str(args.output_dir / "runs"), iteration_log=False),
-        ],
     )
     trainer = KDMLTrainer(
         device="cpu",
@@ -119,12 +116,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         mode=args.mode,
         train_handlers=[
             ValidationHandler(validator=evaluator, interval=max(1, args.epochs // 2)),
-            StatsHandler(output_transform=loss_terms, iteration_log=False),
-            TensorBoardStatsHandler(log_dir=str(args.output_dir / "runs"), output_transform=loss_terms),
+            EpochSummary(evaluator, names),  # per network: mean Dice-CE, KD and ML terms, and the Dice when validated
+            TensorBoardCurves(log_dir=str(args.output_dir / "runs"), evaluator=evaluator, network_names=names),
         ],
     )
     trainer.run()
-    evaluator.run()
+    if evaluator.state.epoch != trainer.state.epoch:  # the last epoch was not validated: score it, at its step
+        evaluator.run(global_epoch=trainer.state.epoch)
     results = {name: float(value) for name, value in evaluator.state.metrics.items()}
     (args.output_dir / "dice.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

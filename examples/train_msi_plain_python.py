@@ -17,11 +17,18 @@ from pathlib import Path
 
 import torch
 from monai.data import CacheDataset, DataLoader
-from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ValidationHandler
+from monai.handlers import CheckpointSaver, ValidationHandler
 
 from monai_kdml.apps.msi import patient_auc_metrics, prepare_msi_datalists, tile_transforms
 from monai_kdml.engines import KDMLEvaluator, KDMLTrainer
-from monai_kdml.handlers import EpochSeedHandler, WarmupHandler, loss_terms
+from monai_kdml.handlers import (
+    EpochSeedHandler,
+    EpochSummary,
+    ProgressHandler,
+    TensorBoardCurves,
+    WarmupHandler,
+    total_loss,
+)
 from monai_kdml.keys import network_names
 from monai_kdml.losses import KDMLLoss
 from monai_kdml.metrics import classification_metrics
@@ -73,15 +80,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         key_val_metric={"ensemble_auc": metrics.pop("ensemble_auc")},
         additional_metrics=metrics,
         val_handlers=[
-            StatsHandler(iteration_log=False),
-            TensorBoardStatsHandler(log_dir=runs, iteration_log=False),
             CheckpointSaver(
                 str(args.output_dir), {"model": ensemble}, save_key_metric=True, key_metric_filename="model.pt"
             ),
         ],
     )
 
-    # 4. training: one batch, one forward per network, per-network losses as TensorBoard curves
+    # 4. training: one batch, one forward per network; progress with an ETA, one table per epoch (each network's
+    #    losses and metrics), TensorBoard curves grouped by quantity (train/kd/<network>, val/auc/<network>, lr/...)
     trainer = KDMLTrainer(
         device="cpu",
         max_epochs=args.epochs,
@@ -97,8 +103,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             EpochSeedHandler(seed=0, dataset=train_ds),
             WarmupHandler(loss, "kd_weight", warmup_steps=1),
             WarmupHandler(loss, "ml_weight", warmup_steps=1),
-            StatsHandler(output_transform=loss_terms, iteration_log=False),
-            TensorBoardStatsHandler(log_dir=runs, output_transform=loss_terms),
+            ProgressHandler("train {epoch}/{max_epochs}", output_transform=total_loss, run_eta=True),
+            EpochSummary(evaluator, names),
+            TensorBoardCurves(
+                log_dir=runs,
+                evaluator=evaluator,
+                network_names=names,
+                schedule_target=loss,
+                schedule_attributes=["kd_weight", "ml_weight"],
+            ),
         ],
     )
     trainer.run()

@@ -6,8 +6,13 @@ Method: Niyaz & Bathula, "Augmenting Knowledge Distillation with Peer-to-Peer Mu
 Compression", ISBI 2022.
 """
 
-from monai_kdml.keys import Mode, TeacherMode
-from monai_kdml.losses import KDLoss, KDMLLoss, MutualLearningLoss
+# before anything imports torch: OpenMP reads its wait policy once, when torch loads it (see monai_kdml.threads)
+from monai_kdml.threads import configure_threads
+
+configure_threads()
+
+from monai_kdml.keys import Mode, TeacherMode  # noqa: E402
+from monai_kdml.losses import KDLoss, KDMLLoss, MutualLearningLoss  # noqa: E402
 
 __version__ = "0.1.0"
 

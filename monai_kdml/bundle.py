@@ -12,7 +12,6 @@ given at training time has to be repeated, and an override that contradicts it i
 
 from __future__ import annotations
 
-import ast
 import difflib
 import json
 import logging
@@ -27,10 +26,13 @@ from typing import Any
 import ignite.distributed as idist
 from monai.bundle import ConfigParser
 
+from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
+from monai_kdml.commands import bundle_command
 from monai_kdml.keys import Mode, TeacherMode
 
 __all__ = [
     "RECORD_NAME",
+    "bundle_command",
     "check_against_record",
     "check_cli_overrides",
     "check_options",
@@ -50,44 +52,8 @@ _CHECKED: set[tuple[str, ...]] = set()
 # ---------------------------------------------------------------- command-line overrides
 def _cli_command() -> tuple[str, list[str]] | None:
     """``(command, arguments)`` when this process is ``python -m monai.bundle <command> ...``, else ``None``."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
-    argv0 = Path(sys.argv[0]) if sys.argv else Path()
-    as_script = argv0.parts[-3:] == ("monai", "bundle", "__main__.py")
-    if getattr(spec, "name", None) != "monai.bundle.__main__" and not as_script:
-        return None
-    if len(sys.argv) < 2:
-        return None
-    return sys.argv[1], sys.argv[2:]
-
-
-def _parse_fire_args(args: Sequence[str]) -> tuple[list[Any], dict[str, Any]]:
-    """Positional arguments and ``--key value`` / ``--key=value`` / ``--flag`` pairs as python-fire reads them."""
-    positional: list[Any] = []
-    named: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        token = args[i]
-        if not token.startswith("--"):
-            positional.append(token)
-            i += 1
-            continue
-        key, eq, value = token[2:].partition("=")
-        if not eq:
-            if i + 1 < len(args) and not args[i + 1].startswith("--"):
-                value, i = args[i + 1], i + 1
-            else:
-                value = "True"
-        named[key.replace("-", "_") if key in ("config-file", "meta-file", "args-file") else key] = value
-        i += 1
-    return positional, named
-
-
-def _literal(value: Any) -> Any:
-    try:
-        return ast.literal_eval(value) if isinstance(value, str) else value
-    except (ValueError, SyntaxError):
-        return value
+    argv = bundle_cli_argv()
+    return None if argv is None else (argv[0], argv[1:])
 
 
 def _config_ids(config: Mapping | Sequence, prefix: str = "") -> list[str]:
@@ -118,7 +84,7 @@ def check_cli_overrides(known: Iterable[str] = ()) -> None:
         return
     _summarise_errors_at_exit()
     name, args = command
-    _, named = _parse_fire_args(args)
+    _, named = parse_fire_args(args)
     key = (name, *args)
     if key in _CHECKED:
         return
@@ -131,9 +97,9 @@ def check_cli_overrides(known: Iterable[str] = ()) -> None:
     if function is not None:
         accepted |= {p for p in inspect.signature(function).parameters if p != "override"}
     if "args_file" in named:
-        extra = ConfigParser.load_config_file(str(_literal(named["args_file"])))
+        extra = ConfigParser.load_config_file(str(literal(named["args_file"])))
         named = {**{str(k): v for k, v in extra.items()}, **named}
-    files = _literal(named.get("config_file"))
+    files = literal(named.get("config_file"))
     if not files:
         return
     files = [str(f) for f in (files if isinstance(files, (list, tuple)) else [files])]

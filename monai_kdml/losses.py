@@ -13,6 +13,7 @@ Compression", ISBI 2022. KD: Hinton et al., 2015. Deep mutual learning: Zhang et
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypedDict
 
@@ -29,6 +30,7 @@ __all__ = [
     "cross_entropy",
     "kd_kl_div",
     "mutual_learning_kl_divs",
+    "term_name",
 ]
 
 
@@ -177,11 +179,14 @@ class KDMLLoss(nn.Module):
         supervised_loss: ``f(logits, target) -> scalar``; defaults to :func:`cross_entropy` (class indices or
             one-hot). Any MONAI loss (e.g. ``DiceCELoss(to_onehot_y=True, softmax=True)``) works for segmentation.
         teacher_ensemble_weight: weight of the teacher's term towards the students' ensemble (0 = classic online KD).
+        supervised_name: the supervised term's name in the loss dict, logs and TensorBoard tags; default: taken from
+            ``supervised_loss`` (:func:`term_name`: ``ce`` for the default, ``dice_ce`` for ``DiceCELoss``).
 
     Example::
 
         terms = KDMLLoss(kd_weight=1.0, ml_weight=1.0, temperature=2.0)([z0, z1], z_teacher, y)
         terms["loss"].backward()  # students' total; add terms["teacher"]["loss"] to train the teacher online
+        KDMLLoss(supervised_loss=DiceCELoss(to_onehot_y=True, softmax=True)).supervised_name  # "dice_ce"
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class KDMLLoss(nn.Module):
         temperature: float = 1.0,
         supervised_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         teacher_ensemble_weight: float = 0.0,
+        supervised_name: str | None = None,
     ) -> None:
         super().__init__()
         _check_temperature(temperature)
@@ -204,6 +210,11 @@ class KDMLLoss(nn.Module):
         self.temperature = temperature
         self.teacher_ensemble_weight = teacher_ensemble_weight
         self.supervised_loss = cross_entropy if supervised_loss is None else supervised_loss
+        self.supervised_name = term_name(self.supervised_loss) if supervised_name is None else supervised_name
+        if not self.supervised_name.isidentifier() or self.supervised_name in ("loss", "kd", "ml", "ens"):
+            raise ValueError(
+                f"`supervised_name` must be a name other than loss, kd, ml, ens; got {self.supervised_name!r}."
+            )
 
     def forward(
         self,
@@ -226,10 +237,11 @@ class KDMLLoss(nn.Module):
         Returns:
             ``{"loss": students' total, "students": {"loss": [K], "ce": [K], "kd": [K], "ml": [K]},
             "teacher": {"loss", "ce"[, "ens"]}}``; "kd"/"ml" only when used, "teacher" only with teacher logits.
+            ``"ce"`` is :attr:`supervised_name` (``"dice_ce"`` for a Dice-CE loss, ...).
         """
         t = self.temperature
         ce = [self.supervised_loss(z, target) for z in student_logits]
-        students: dict[str, list[Tensor]] = {"ce": ce}
+        students: dict[str, list[Tensor]] = {self.supervised_name: ce}
         totals = [self.ce_weight * c for c in ce]
         if use_kd and teacher_logits is not None:
             students["kd"] = [kd_kl_div(z, teacher_logits, t) for z in student_logits]
@@ -246,7 +258,7 @@ class KDMLLoss(nn.Module):
         self, student_logits: Sequence[Tensor], teacher_logits: Tensor, target: Tensor
     ) -> dict[str, Tensor]:
         ce = self.supervised_loss(teacher_logits, target)
-        terms = {"loss": ce, "ce": ce}
+        terms = {"loss": ce, self.supervised_name: ce}
         if self.teacher_ensemble_weight > 0:
             t = self.temperature
             # log of the students' mean probability, built in log space so it stays finite
@@ -256,6 +268,18 @@ class KDMLLoss(nn.Module):
             terms["ens"] = kd_kl_div(teacher_logits, ens_logits * t, t)
             terms["loss"] = ce + self.teacher_ensemble_weight * terms["ens"]
         return terms
+
+
+def term_name(loss: Callable[..., Any]) -> str:
+    """A loss term's name from its function or class: ``ce`` for :func:`cross_entropy`, ``dice_ce`` for MONAI's
+    ``DiceCELoss``, ``focal`` for ``FocalLoss``, ``cross_entropy`` for ``torch.nn.CrossEntropyLoss``."""
+    if loss is cross_entropy:
+        return "ce"
+    target = getattr(loss, "func", loss)  # functools.partial
+    name = getattr(target, "__name__", None) or type(target).__name__
+    name = re.sub(r"Loss$", "", name) or name
+    words = re.findall(r"[A-Z]+(?=[A-Z][a-z]|$|_|\d)|[A-Z]?[a-z]+|\d+|[A-Z]+", name)
+    return "_".join(w.lower() for w in words) or "supervised"
 
 
 def _add_weighted(totals: list[Tensor], terms: list[Tensor], weight: float) -> list[Tensor]:

@@ -1,13 +1,15 @@
 """Test-session settings and the fixtures shared by every test package (core and apps).
 
 Tiny tensors and two pytest-xdist workers on 2 cores want one thread per process; the toy problem (8x8 blob images,
-tiny CNNs) is what the engine tests train on.
+tiny CNNs) is what the engine tests train on. Tests write only under temporary folders: the session fails if it
+left a file in the repository tree (:func:`repository_state`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -27,6 +29,57 @@ from torch.utils.data import DataLoader, Dataset
 
 # intra-op threads only add overhead on the tests' tiny tensors, and oversubscribe the cores under xdist
 torch.set_num_threads(1)
+
+
+REPO = Path(__file__).resolve().parents[1]
+# what the tools themselves leave in a checkout (byte-code, tool caches, an editable install's metadata)
+_TOOL_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".hypothesis", ".egg-info")
+# what a developer may write while the tests run: edits of tracked files, new code and docs
+_EDITS = re.compile(r"^(?!\?\?|!!)|^\?\? .*\.(py|md)$")
+# where runs write: a file appearing or changing here counts even when its folder is already listed by git
+_OUTPUT_DIRS = ("models", "eval", ".cache", "runs", "outputs")
+
+
+def repository_state(repo: Path) -> set[str] | None:
+    """Untracked and ignored entries of ``git status`` (not tool caches, new ``.py``/``.md`` files or edits of tracked
+    files, which are the developer's) plus every file, with its mtime and size, in the run output folders of ``repo``
+    and its bundles; ``None`` when ``repo`` is not a git checkout."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=repo, capture_output=True, text=True, timeout=120,
+            check=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = status.splitlines()
+    state = {line for line in lines if not _EDITS.match(line) and not any(cache in line for cache in _TOOL_CACHES)}
+    folders = [repo / d for d in _OUTPUT_DIRS] + [b / d for b in (repo / "bundles").glob("*") for d in _OUTPUT_DIRS]
+    for folder in folders:
+        for path in folder.rglob("*") if folder.is_dir() else ():
+            if path.is_file():
+                info = path.stat()
+                state.add(f"file {path.relative_to(repo)} {info.st_mtime_ns} {info.st_size}")
+    return state
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_stays_clean():
+    """Fail the session (at its last teardown) when tests wrote into the repository tree instead of a tmp_path."""
+    before = repository_state(REPO)
+    yield
+    after = repository_state(REPO)
+    if before is not None and after is not None and (new := sorted(after - before)):
+        pytest.fail(
+            "the test session wrote into the repository tree (tests must write under tmp_path; pass bundle_root):\n"
+            + "\n".join(new[:20]),
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def repo_state() -> Callable[[Path], set[str] | None]:
+    """:func:`repository_state`, for the test of the guard itself."""
+    return repository_state
 
 
 @pytest.fixture(autouse=True)

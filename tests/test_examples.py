@@ -7,7 +7,20 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def scalars(folder: Path) -> dict[str, list[int]]:
+    """Every scalar tag in the event files of ``folder`` with its steps, in the order written."""
+    steps: dict[str, list[int]] = {}
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in acc.Scalars(tag))
+    return steps
 
 
 def load(name: str) -> ModuleType:
@@ -24,7 +37,8 @@ def test_plain_python_msi_example(tmp_path: Path) -> None:
     for net in ("teacher", "student_0", "student_1", "ensemble"):
         assert 0.0 <= results[f"{net}_auc"] <= 1.0
     assert (tmp_path / "model.pt").is_file()
-    assert list((tmp_path / "runs").glob("events.out.tfevents.*"))
+    tags = scalars(tmp_path / "runs")
+    assert {"train/kd/student_0", "val/patient_auc/ensemble", "lr/teacher", "warmup/ml_weight"} <= set(tags)
 
 
 def test_3d_nifti_segmentation_example(tmp_path: Path) -> None:
@@ -35,6 +49,11 @@ def test_3d_nifti_segmentation_example(tmp_path: Path) -> None:
     assert all(0.0 <= v <= 1.0 for v in results.values())
     assert len(list((tmp_path / "data").glob("*.nii.gz"))) == 12
     assert json.loads((tmp_path / "dice.json").read_text()) == results
+    # the supervised term is named for what it is, and no evaluation goes back to step 1 after the last epoch
+    tags = scalars(tmp_path / "runs")
+    assert {"train/dice_ce/teacher", "train/dice_ce/student_1", "val/dice/ensemble"} <= set(tags)
+    assert not any("/ce/" in tag or tag.startswith("ce_") for tag in tags)
+    assert tags["val/dice/ensemble"] == [1, 2]
 
 
 def test_teacher_ensemble_example(tmp_path: Path) -> None:

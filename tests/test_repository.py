@@ -1,4 +1,4 @@
-"""The README's two commands and CI agree; no data from ../shared is committed."""
+"""The README's two commands and CI agree; no data from ../shared is committed; run outputs stay out of git."""
 
 from __future__ import annotations
 
@@ -29,3 +29,30 @@ def test_no_image_data_is_tracked() -> None:
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     images = [f for f in tracked if f.lower().endswith((".jpg", ".jpeg", ".png", ".tif", ".tiff", ".nii.gz", ".pt"))]
     assert images == []
+
+
+def test_run_outputs_are_ignored_by_git() -> None:
+    """What the documented commands write (bundle_root "." from the repository root) never shows as untracked."""
+    paths = ["models/model.pt", "models/ensemble.ts", "eval/metrics.csv", ".cache/msi_demo/x.png"]
+    result = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.split() == paths
+    assert subprocess.run(["git", "ls-files", "models", "eval", ".cache"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout == ""  # fmt: skip
+
+
+def test_the_guard_sees_files_written_into_the_tree(repo_state, tmp_path: Path) -> None:
+    """The session guard (tests/conftest.py) notices a new file, and a rewrite inside an ignored output folder."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / ".gitignore").write_text("/models/\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"1")
+    before = repo_state(tmp_path)
+    assert before == repo_state(tmp_path)
+    (tmp_path / "ensemble.ts").write_bytes(b"x")
+    assert repo_state(tmp_path) - before == {"?? ensemble.ts"}
+    (tmp_path / "ensemble.ts").unlink()
+    (tmp_path / "models" / "model.pt").write_bytes(b"22")  # already ignored and listed: only its size/mtime tell
+    assert len(repo_state(tmp_path) - before) == 1
+    before = repo_state(tmp_path)
+    (tmp_path / "new_test.py").write_text("")  # the developer's new code or an edit is not a test's output
+    assert repo_state(tmp_path) == before

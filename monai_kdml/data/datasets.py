@@ -22,6 +22,7 @@ from monai.transforms import Compose
 from monai.utils import look_up_option
 
 from monai_kdml.memory import GIB, available_memory
+from monai_kdml.progress import on_terminal
 
 __all__ = ["CACHE_MODES", "AfterCache", "cached_bytes", "cached_dataset", "choose_cache"]
 
@@ -88,6 +89,8 @@ def cached_dataset(
     item_shape: Sequence[int] | None = None,
     num_workers: int = 1,
     memory_fraction: float = 0.4,
+    description: str = "items",
+    progress: bool | None = None,
 ) -> Dataset:
     """A dataset over ``data`` whose deterministic part is decoded once, kept where it fits.
 
@@ -101,17 +104,26 @@ def cached_dataset(
         item_shape: the shape of one cached image (e.g. ``(3, 224, 224)``), for ``"auto"``.
         num_workers: threads filling a memory cache.
         memory_fraction: share of the free memory a memory cache may take under ``"auto"``.
+        description: what the items are, for the log line announcing the caching ("training tiles").
+        progress: MONAI's progress bar while caching in memory; default: on a terminal only.
 
     Raises:
         ValueError: an unknown ``cache`` or a disk cache without ``cache_dir``.
     """
     mode = choose_cache(cache, len(data), item_shape or (0,), memory_fraction)
     if mode == "memory":
-        return CacheDataset(data, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=False)
+        logger.info("Caching %d %s in memory (decoded and resized once) ...", len(data), description)
+        show = on_terminal() if progress is None else progress
+        return CacheDataset(data, transform, cache_rate=1.0, num_workers=max(1, num_workers), progress=show)
     if mode == "none":
+        logger.info("%d %s are decoded every epoch (`cache` none).", len(data), description)
         return Dataset(data, transform)
     if cache_dir is None:
         raise ValueError("`cache`: 'disk' needs the bundle's `cache_dir`.")
     # one folder per transform chain, so a changed image size never reads tensors cached for another
     chain = hashlib.sha1(json.dumps([repr(t) for t in transform.transforms]).encode()).hexdigest()[:12]
-    return PersistentDataset(data, transform, cache_dir=Path(cache_dir) / "persistent" / chain)
+    folder = Path(cache_dir) / "persistent" / chain
+    logger.info(
+        "Caching %d %s on disk in %s (decoded in the first epoch, read back after) ...", len(data), description, folder
+    )
+    return PersistentDataset(data, transform, cache_dir=folder)

@@ -1,10 +1,11 @@
 """Ignite handlers: checkpoints and resume, model selection, warm-up schedules, the non-finite-loss guard, per-epoch
-seeding and named output transforms."""
+seeding, progress and summaries, grouped TensorBoard curves and named output transforms."""
 
 from monai_kdml.handlers.checkpoint import TrainingCheckpoint, atomic_save, remove_stale_temporaries
 from monai_kdml.handlers.guards import NonFiniteLossError, NonFiniteLossGuard
 from monai_kdml.handlers.history import MetricsHistoryWriter
-from monai_kdml.handlers.outputs import loss_terms
+from monai_kdml.handlers.outputs import loss_terms, split_loss_key, split_metric_key, total_loss
+from monai_kdml.handlers.progress import EngineLogFilter, ProgressHandler
 from monai_kdml.handlers.resume import (
     CheckpointInfo,
     CheckpointMismatchError,
@@ -19,6 +20,8 @@ from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGrou
 from monai_kdml.handlers.seeding import EpochSeedHandler
 from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted
+from monai_kdml.handlers.summary import EpochSummary, RunSummary
+from monai_kdml.handlers.tensorboard import TensorBoardCurves, tag_layout
 
 __all__ = [
     "AttributeSetter",
@@ -26,13 +29,18 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "EngineLogFilter",
     "EpochSeedHandler",
+    "EpochSummary",
     "LrScheduleHandlerGroup",
     "MetricsHistoryWriter",
     "ModelSelectionState",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
+    "ProgressHandler",
+    "RunSummary",
     "StopGuard",
+    "TensorBoardCurves",
     "TrainingCheckpoint",
     "TrainingInterrupted",
     "WarmupHandler",
@@ -44,4 +52,8 @@ __all__ = [
     "read_checkpoint",
     "remove_stale_temporaries",
     "resume_checkpoint",
+    "split_loss_key",
+    "split_metric_key",
+    "tag_layout",
+    "total_loss",
 ]

@@ -21,7 +21,7 @@ from monai_kdml.metrics.classification import (
 )
 from monai_kdml.metrics.compression import compression_summary, compression_table, count_macs, count_parameters
 from monai_kdml.metrics.disagreement import StudentDisagreement, student_disagreement
-from monai_kdml.metrics.roc import plot_roc_curves, roc_curve_points
+from monai_kdml.metrics.roc import plot_roc_curves, roc_curve_points, roc_figure
 
 __all__ = [
     "ClassIndexOutput",
@@ -36,6 +36,7 @@ __all__ = [
     "count_parameters",
     "plot_roc_curves",
     "roc_curve_points",
+    "roc_figure",
     "stack_output",
     "student_disagreement",
 ]

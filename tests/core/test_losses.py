@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_kdml.losses import KDLoss, KDMLLoss, MutualLearningLoss, cross_entropy
+from monai_kdml.losses import KDLoss, KDMLLoss, MutualLearningLoss, cross_entropy, term_name
 
 
 def kl_direct(p_target: torch.Tensor, p_student: torch.Tensor) -> torch.Tensor:
@@ -121,6 +121,23 @@ def test_kdml_loss_drops_terms() -> None:
     out = KDMLLoss(kd_weight=0.0, ml_weight=0.0)(students, teacher, y)
     assert "kd" in out["students"]
     assert out["loss"].item() == pytest.approx(sum(out["students"]["ce"]).item(), rel=1e-6)
+
+
+def test_the_supervised_term_is_named_after_its_loss() -> None:
+    from monai.losses import DiceCELoss, FocalLoss
+
+    z = [torch.randn(2, 2, 4, 4) for _ in range(2)]
+    y = torch.randint(0, 2, (2, 1, 4, 4))
+    dice_ce = KDMLLoss(supervised_loss=DiceCELoss(to_onehot_y=True, softmax=True))
+    out = dice_ce(z, torch.randn(2, 2, 4, 4), y)
+    assert dice_ce.supervised_name == "dice_ce" and "ce" not in out["students"]
+    assert set(out["students"]) == {"loss", "dice_ce", "kd", "ml"} and set(out["teacher"]) == {"loss", "dice_ce"}
+    assert KDMLLoss().supervised_name == "ce" and term_name(FocalLoss()) == "focal"
+    assert term_name(torch.nn.CrossEntropyLoss()) == "cross_entropy"
+    named = KDMLLoss(supervised_name="nll")([torch.randn(3, 2)], None, torch.tensor([0, 1, 1]), use_ml=False)
+    assert set(named["students"]) == {"loss", "nll"}
+    with pytest.raises(ValueError, match="supervised_name"):
+        KDMLLoss(supervised_name="kd")
 
 
 def test_kdml_loss_binary_two_logits_and_segmentation() -> None:

@@ -18,6 +18,7 @@ from monai_kdml.metrics import (
     classification_metrics,
     plot_roc_curves,
     roc_curve_points,
+    roc_figure,
     student_disagreement,
 )
 
@@ -239,6 +240,24 @@ def test_plot_roc_curves_writes_a_png(tmp_path):
     curves = {name: (labels, labels * shift + rng.random(50)) for name, shift in (("ensemble", 0.6), ("teacher", 0.3))}
     out = plot_roc_curves(curves, tmp_path / "eval" / "roc.png")
     with Image.open(out) as image:
-        assert image.format == "PNG" and image.size == (600, 600)
+        assert image.format == "PNG" and image.size == (600, 648)
     with pytest.raises(ValueError, match="empty"):
         plot_roc_curves({}, tmp_path / "none.png")
+
+
+def test_roc_figure_states_n_and_keeps_overlapping_curves_visible():
+    """12 patients, four networks at AUC 1.000: the plot says how few and shows that (and which) curves coincide."""
+    labels = np.array([1] * 5 + [0] * 7)
+    perfect = labels + np.linspace(0, 0.5, 12)
+    curves = {"teacher": (labels, perfect), "student_0": (labels, perfect), "ensemble": (labels, perfect)}
+    curves["student_1"] = (labels, np.linspace(0, 1, 12))
+    figure = roc_figure(curves, "Patient level", "patients", ("MSS", "MSI"))
+    axes = figure.axes[0]
+    assert axes.get_title().endswith("n = 12 patients (5 MSI, 7 MSS)")
+    lines = [line for line in axes.get_lines() if line.get_label() in {f"{n} (AUC 1.000)" for n in curves}]
+    assert len(lines) == 3
+    styles = {(line.get_linestyle(), line.get_marker(), line.get_linewidth()) for line in lines}
+    assert len(styles) == 3  # no two curves share a look, so none hides another
+    notes = [t.get_text() for t in figure.texts]
+    assert notes == ["curves overlap exactly: teacher = student_0 = ensemble"]
+    assert roc_figure({"teacher": curves["student_1"]}).texts == []

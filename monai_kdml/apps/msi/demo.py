@@ -26,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from monai_kdml.data.cache import cache_folder_is_complete, ensure_cache_folder
+from monai_kdml.progress import Progress
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -351,15 +352,17 @@ def make_msi_demo(
     for split in ("TRAIN", "TEST"):
         if (root / f"CRC_DX_{split}").exists():
             raise FileExistsError(f"{root / f'CRC_DX_{split}'} exists; make_msi_demo writes only into a fresh root.")
-    for index, patient in enumerate(_patients(config)):
-        folder = root / f"CRC_DX_{patient.split}" / ("MSIMUT" if patient.label else "MSS")
-        folder.mkdir(parents=True, exist_ok=True)
-        for tile in range(tiles_per_patient):
-            rng = np.random.default_rng([seed, 1, index, tile])
-            letters = "".join(chr(65 + c) for c in rng.integers(0, 26, 12))
-            m_tile = patient.msi_ness + rng.normal(0, 0.12)
-            rgb = render_msi_tile(m_tile, rng, tile_size, microns_per_pixel, patient.stain)
-            Image.fromarray(rgb).save(folder / f"blk-{letters}-{patient.pid}-01Z-00-DX1.png", compress_level=1)
+    with Progress(num_patients * tiles_per_patient, "MSI demo tiles", "tile", logger, interval=10) as progress:
+        for index, patient in enumerate(_patients(config)):
+            folder = root / f"CRC_DX_{patient.split}" / ("MSIMUT" if patient.label else "MSS")
+            folder.mkdir(parents=True, exist_ok=True)
+            for tile in range(tiles_per_patient):
+                rng = np.random.default_rng([seed, 1, index, tile])
+                letters = "".join(chr(65 + c) for c in rng.integers(0, 26, 12))
+                m_tile = patient.msi_ness + rng.normal(0, 0.12)
+                rgb = render_msi_tile(m_tile, rng, tile_size, microns_per_pixel, patient.stain)
+                Image.fromarray(rgb).save(folder / f"blk-{letters}-{patient.pid}-01Z-00-DX1.png", compress_level=1)
+                progress.update()
     return root
 
 

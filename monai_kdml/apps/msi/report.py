@@ -46,6 +46,7 @@ class ClassificationReport:
         patient_key: output key of the patient ids (``KDMLEvaluator(batch_keys=[patient_key])``).
         compression: a :func:`monai_kdml.metrics.compression_summary` dict, or ``None``.
         title: first heading of ``summary.md``.
+        classes: names of class 0 and class 1 in the ROC plots.
     """
 
     def __init__(
@@ -104,15 +105,17 @@ class ClassificationReport:
         self._write_tiles(paths, labels, rows)
         self._write_patients(patients)
         vs = f"{self.class_names[self.positive_class]} vs rest"
+        others = [c for i, c in enumerate(self.class_names) if i != self.positive_class]
+        pair = (others[0] if len(others) == 1 else "rest", self.class_names[self.positive_class])
         tiles_roc = {n: (labels, rows[n]) for n in self.names}
-        plot_roc_curves(tiles_roc, self.output_dir / "roc_tiles.png", f"Tile level, {vs}")
+        plot_roc_curves(tiles_roc, self.output_dir / "roc_tiles.png", f"Tile level, {vs}", "tiles", pair)
         if len({r["label"] for r in patients[self.names[0]]}) == 2:
             curves = {n: ([r["label"] for r in p], [r["probability"] for r in p]) for n, p in patients.items()}
-            plot_roc_curves(
-                curves, self.output_dir / "roc_patients.png", f"Patient level (mean tile probability), {vs}"
-            )
-        (self.output_dir / "summary.md").write_text(self._summary(engine, len(paths), len(patients[self.names[0]])))
-        logger.info("Evaluation report written to %s.", self.output_dir)
+            title = f"Patient level (mean tile probability), {vs}"
+            plot_roc_curves(curves, self.output_dir / "roc_patients.png", title, "patients", pair)
+        summary = self._summary(engine, len(paths), len(patients[self.names[0]]))
+        (self.output_dir / "summary.md").write_text(summary)
+        logger.info("Evaluation summary (%s):\n%s", self.output_dir / "summary.md", summary.rstrip())
 
     def _write_tiles(self, paths: list[str], labels: list, rows: dict) -> None:
         with (self.output_dir / "tile_scores.csv").open("w", newline="") as f:

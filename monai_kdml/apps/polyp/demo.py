@@ -27,6 +27,7 @@ from PIL import Image
 from skimage import filters, measure, morphology, transform
 
 from monai_kdml.data.cache import ensure_cache_folder
+from monai_kdml.progress import Progress
 
 __all__ = ["DEMO_VERSION", "ensure_polyp_demo", "make_polyp_demo", "render_polyp_frame"]
 
@@ -210,14 +211,16 @@ def make_polyp_demo(root: str | Path, num_images: int, image_size: int = 288, se
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     boxes: dict[str, dict] = {}
-    for i in range(num_images):
-        rng = np.random.default_rng([seed, i])
-        height, width = _frame_size(image_size, rng)
-        image, masks = render_polyp_frame(rng, height, width)
-        name = f"demo_{i:04d}"
-        Image.fromarray(image).save(root / "images" / f"{name}.jpg", quality=90)
-        Image.fromarray((np.any(masks, axis=0) * 255).astype(np.uint8)).save(root / "masks" / f"{name}.png")
-        boxes[name] = {"height": height, "width": width, "bbox": [_box(m) for m in masks]}
+    with Progress(num_images, "polyp demo frames", "frame", logger, interval=10) as progress:
+        for i in range(num_images):
+            rng = np.random.default_rng([seed, i])
+            height, width = _frame_size(image_size, rng)
+            image, masks = render_polyp_frame(rng, height, width)
+            name = f"demo_{i:04d}"
+            Image.fromarray(image).save(root / "images" / f"{name}.jpg", quality=90)
+            Image.fromarray((np.any(masks, axis=0) * 255).astype(np.uint8)).save(root / "masks" / f"{name}.png")
+            boxes[name] = {"height": height, "width": width, "bbox": [_box(m) for m in masks]}
+            progress.update()
     (root / "kavsir_bboxes.json").write_text(json.dumps(boxes, indent=1))
     return root
 

@@ -29,8 +29,9 @@ from monai.data import MetaTensor, decollate_batch
 from monai.engines.utils import IterationEvents
 from monai.handlers import TensorBoardHandler
 from monai.transforms import MapTransform
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from monai_kdml.apps.polyp.drawing import GT_COLOUR, draw_boxes, frame_image, label_font
 from monai_kdml.apps.polyp.ensemble import fuse_detections
 from monai_kdml.apps.polyp.transforms import box_to_original
 from monai_kdml.data.images import to_rgb
@@ -49,14 +50,13 @@ __all__ = [
     "FuseDetectionsd",
     "decollate_detections",
     "draw_boxes",
+    "label_font",
 ]
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("map", "ap50", "ap75", "mar", "sens_0.5fp", "sens_1fp", "sens_2fp")
 """Metric suffixes of :func:`monai_kdml.metrics.detection_metrics`, in the order of the summary tables."""
-
-_GT_COLOUR, _PRED_COLOUR = (0, 255, 0), (255, 215, 0)
 
 
 def decollate_detections(data: Any) -> Any:
@@ -155,30 +155,6 @@ class FuseDetectionsd(MapTransform):
         return d
 
 
-def draw_boxes(
-    image: Image.Image,
-    boxes: Any,
-    scores: Any | None = None,
-    colour: tuple[int, int, int] = _PRED_COLOUR,
-    width: int = 2,
-) -> Image.Image:
-    """Draw xyxy ``boxes`` (pixels of ``image``) on ``image`` in place, each with its score when given; returns it."""
-    draw = ImageDraw.Draw(image)
-    boxes = np.asarray(torch.as_tensor(boxes).detach().cpu(), dtype=np.float64).reshape(-1, 4)
-    scores_np = None if scores is None else np.asarray(torch.as_tensor(scores).detach().cpu()).reshape(-1)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
-        draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=width)
-        if scores_np is not None:
-            draw.text((x0 + 2, y0 + 1), f"{scores_np[i]:.2f}", fill=colour)
-    return image
-
-
-def _frame(image: torch.Tensor) -> Image.Image:
-    """A ``(3, W, H)`` [0, 1] frame (MONAI ``PILReader`` order) as an RGB PIL image (H rows, W columns)."""
-    hwc = (image.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(2, 1, 0)
-    return Image.fromarray(hwc.numpy(), mode="RGB")
-
-
 def _per_image(values: Any, name: str) -> list[dict]:
     """``values`` (an engine's output or batch) if it is already a per-image list, else a clear error."""
     if not isinstance(values, list):
@@ -239,8 +215,8 @@ class DetectionBoxImages(TensorBoardHandler):
             for network in self.networks:
                 boxes, scores, _ = _kept(sample[pred_key(network)], self.score_thresh)
                 best = scores.argsort(descending=True)[: self.max_boxes]
-                picture = draw_boxes(_frame(sample["image"]), boxes[best], scores[best])
-                draw_boxes(picture, sample["label"]["box"], colour=_GT_COLOUR)
+                picture = draw_boxes(frame_image(sample["image"]), boxes[best], scores[best])
+                draw_boxes(picture, sample["label"]["box"], colour=GT_COLOUR)
                 tag = f"{self.tag_name}/{network}/{self._shown}"
                 self._writer.add_image(tag, np.asarray(picture), engine.state.epoch, dataformats="HWC")
             self._shown += 1
@@ -323,7 +299,7 @@ class DetectionPredictionWriter:
             target.write_text(json.dumps(entry, indent=1))
             if self.overlay:
                 with Image.open(path) as img:
-                    picture = draw_boxes(to_rgb(img), boxes, scores, width=max(2, round(max(img.size) / 300)))
+                    picture = draw_boxes(to_rgb(img), boxes, scores)
                 picture.save(target.with_name(f"{target.name[: -len('.json')]}_overlay.png"))
 
     def write_all(self, engine: Engine | None = None) -> None:

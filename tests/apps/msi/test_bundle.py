@@ -5,17 +5,24 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from monai_kdml.apps.msi import prepare_msi_datalists
 from monai_kdml.networks import StudentEnsemble, build_network, get_preset
 
 TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
 STUDENTS = 3  # the trained run's K, not the default: evaluation, inference and export must read it from the record
+REPO = Path(__file__).resolve().parents[3]
 
 
 def demo_ensemble(num_students: int = STUDENTS) -> StudentEnsemble:
@@ -24,10 +31,31 @@ def demo_ensemble(num_students: int = STUDENTS) -> StudentEnsemble:
 
 @pytest.fixture(scope="module")
 def trained(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny 2-epoch demo run (3 students, 32 px) shared by the tests that need trained weights."""
+    """One tiny 2-epoch demo run (3 students, 32 px) shared by the tests that need trained weights; its log is
+    ``train.log`` beside the run."""
     root = tmp_path_factory.mktemp("msi")
-    msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "2", "--num_students", str(STUDENTS), *TINY)
+    out = msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "2", "--num_students", str(STUDENTS), *TINY)
+    (root.parent / f"{root.name}.log").write_text(out.stdout + out.stderr)
     return root
+
+
+def train_log(trained: Path) -> str:
+    return (trained.parent / f"{trained.name}.log").read_text()
+
+
+def suggested(log: str, label: str) -> list[str]:
+    """The command the end-of-run summary suggests under ``label``, as arguments (this interpreter for python)."""
+    line = next(line for line in log.splitlines() if line.strip().startswith(label))
+    args = shlex.split(line.strip()[len(label) :])
+    assert args[0] == "python"
+    return [sys.executable, *args[1:]]
+
+
+def run_suggested(args: list[str]) -> str:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
 
 
 def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
@@ -43,12 +71,32 @@ def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
     assert "disagreement" in rows[-1]
     # model.pt is the deployable ensemble: it loads into a fresh StudentEnsemble of the demo preset
     demo_ensemble().load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
+    (events,) = (trained / "eval").glob("events.out.tfevents.*")  # one writer: training and validation curves
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/kd/student_2", "train/ce/teacher", "val/patient_auc/ensemble", "lr/student_0"} <= tags
+    assert "custom_scalars__config__" in acc.Tags()["tensors"]
     record = json.loads((trained / "models" / "network.json").read_text())
     assert record == {
         "bundle": "msi", "preset": "demo", "teacher_network": "resnet18", "student_network": "resnet10_slim",
         "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32, "teacher_members": 0,
         "class_names": [["MSS", "nonMSIH"], ["MSI", "MSIMUT", "MSIH"]], "positive_class": "MSI",
     }  # fmt: skip
+
+
+def test_the_log_is_short_and_ends_with_where_everything_is(trained: Path) -> None:
+    log = train_log(trained)
+    assert "Engine run starting with max_epochs=2." in log and "resuming from iteration 0" not in log
+    assert re.search(r"Caching \d+ training tiles in memory", log)  # said before the silent part of the start
+    table = log[log.index("Epoch 2/2 in ") :].splitlines()
+    assert table[1].split()[:5] == ["network", "loss", "ce", "kd", "ml"] and "patient_auc" in table[1]
+    assert [row.split()[0] for row in table[2:7]] == ["teacher", "student_0", "student_1", "student_2", "ensemble"]
+    # no 1,259-character metric lines (the log records; the suggested commands hold this test's absolute paths)
+    assert max(len(line) for line in log.splitlines() if " - INFO - " in line) < 300
+    summary = log[log.index("Training finished in") :]
+    assert f"{trained}/models/model.pt" in summary and f"tensorboard --logdir {trained}/eval" in summary
+    assert "--resume" not in summary.split("Next:")[1]
 
 
 def test_demo_data_is_announced_and_cached(msi_bundle, trained: Path, tmp_path: Path) -> None:
@@ -72,8 +120,10 @@ def test_resume_continues_from_last_checkpoint(msi_bundle, tmp_path: Path) -> No
     assert state["trainer"]["iteration"] == 2 * state["trainer"]["epoch_length"]
 
 
-def test_evaluate_writes_report(msi_bundle, trained: Path) -> None:
-    msi_bundle.cli("--bundle_root", str(trained), *TINY, config=["train.json", "evaluate.json"])
+def test_evaluate_writes_report(trained: Path) -> None:
+    # the evaluation command the training run suggested, as printed: same bundle_root and data overrides
+    log = run_suggested(suggested(train_log(trained), "evaluate on the test split"))
+    assert "| ensemble |" in log and "Evaluation finished in" in log  # the summary table, as polyp prints it
     report = trained / "eval" / "test"
     for name in ("summary.md", "roc_tiles.png", "roc_patients.png", "tile_scores.csv", "patient_scores.csv"):
         assert (report / name).is_file(), name
@@ -87,7 +137,8 @@ def test_evaluate_writes_report(msi_bundle, trained: Path) -> None:
 
 def test_inference_writes_tile_and_patient_csv(msi_bundle, trained: Path, tmp_path: Path) -> None:
     out_dir = tmp_path / "inference"
-    msi_bundle.cli("--bundle_root", str(trained), "--output_dir", str(out_dir), config="inference.json")
+    out = msi_bundle.cli("--bundle_root", str(trained), "--output_dir", str(out_dir), config="inference.json")
+    assert re.search(rf"probability of every tile +{out_dir}/tiles.csv", out.stdout + out.stderr)
     with (out_dir / "tiles.csv").open() as f:
         tiles = list(csv.DictReader(f))
     with (out_dir / "patients.csv").open() as f:
@@ -97,13 +148,9 @@ def test_inference_writes_tile_and_patient_csv(msi_bundle, trained: Path, tmp_pa
     assert all(t["patient_id"].startswith("TCGA-") for t in tiles)
 
 
-def test_export_torchscript_matches(msi_bundle, trained: Path, tmp_path: Path) -> None:
-    ts = tmp_path / "ensemble.ts"
-    msi_bundle.cli(
-        "--filepath", str(ts), "--ckpt_file", str(trained / "models" / "model.pt"), "--bundle_root", str(trained),
-        "--meta_file", str(msi_bundle.dir / "metadata.json"),
-        config="inference.json", command="ckpt_export network_def", timeout=300,
-    )  # fmt: skip
+def test_export_torchscript_matches(trained: Path) -> None:
+    run_suggested(suggested(train_log(trained), "export to TorchScript"))  # as the training run printed it
+    ts = trained / "models" / "ensemble.ts"  # beside model.pt, where git ignores it
     scripted = torch.jit.load(str(ts))
     ensemble = demo_ensemble().eval()
     ensemble.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
@@ -141,7 +188,8 @@ def test_two_process_gloo_run(msi_bundle, tmp_path: Path) -> None:
     )  # fmt: skip
     log = out.stdout + out.stderr
     assert log.count("Epoch: 2/2, Iter: 1/") == 1  # only rank 0 logs
-    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 2  # trainer + evaluator, rank 0 only
+    assert len(list((tmp_path / "eval").glob("events.out.tfevents.*"))) == 1  # one curve writer, rank 0 only
+    assert log.count("Training finished in") == 1
     # the saved ensemble is unwrapped from DDP: plain keys, loads into the bundle's network_def
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert not any(".module." in k for k in state)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -77,9 +79,9 @@ def test_train_writes_checkpoints_metrics_and_tensorboard(trained: Path, caplog)
         for kind in tags:
             tags[kind] += acc.Tags()[kind]
     assert {"val_boxes/ensemble/0", "val_boxes/teacher/0"} <= set(tags["images"])
-    assert {"kd_cls_student_0", "ml_box_student_1", "loss_teacher", "ensemble_map", "student_1_sens_1fp"} <= set(
-        tags["scalars"]
-    )
+    grouped = {"train/kd_cls/student_0", "train/ml_box/student_1", "train/loss/teacher", "val/map/ensemble"}
+    assert grouped | {"val/sens_1fp/student_1", "lr/student_0", "warmup/kd_weight"} <= set(tags["scalars"])
+    assert not any(tag.startswith(("loss_", "ensemble_", "kd_")) for tag in tags["scalars"])  # no flat tags
 
 
 def test_training_resumes_from_the_last_checkpoint(polyp_bundle, trained: Path, tmp_path: Path) -> None:
@@ -104,8 +106,12 @@ def test_frozen_teacher_is_loaded_and_never_updated(polyp_bundle, trained: Path,
     assert len(workflow.parser.get_parsed_content("optimizers")) == 2  # the students' only
 
 
-def test_evaluate_reports_every_network_and_wbf_on_the_test_split(polyp_bundle, trained: Path) -> None:
+def test_evaluate_reports_every_network_and_wbf_on_the_test_split(polyp_bundle, trained: Path, caplog) -> None:
+    caplog.set_level(logging.INFO)
     workflow = polyp_bundle.workflow(["train.json", "evaluate.json"], "infer", bundle_root=str(trained), **TINY)
+    summary = caplog.text[caplog.text.index("Evaluation finished in") :]  # the last lines: where the report is
+    assert re.search(rf"summary table +{trained}/eval/test/summary.md", summary)
+    assert "predict a folder of frames" in summary
     metrics = workflow.parser.get_parsed_content("validate#evaluator").state.metrics
     names = [*network_names(2), "wbf"]
     assert {f"{n}_{m}" for n in names for m in METRICS} <= set(metrics)
@@ -125,6 +131,7 @@ def test_evaluate_reports_every_network_and_wbf_on_the_test_split(polyp_bundle, 
 def test_inference_writes_boxes_in_original_pixels_and_overlays(
     polyp_bundle, trained: Path, tmp_path: Path, caplog
 ) -> None:
+    caplog.set_level(logging.INFO)
     frames = tmp_path / "frames"
     frames.mkdir()
     demo = next((trained / ".cache").glob("polyp_demo_*")) / "images"
@@ -135,6 +142,7 @@ def test_inference_writes_boxes_in_original_pixels_and_overlays(
     override = {"bundle_root": str(trained), "dataset_dir": str(frames), "output_dir": str(out), "overlay": True}
     polyp_bundle.workflow("inference.json", "infer", output_score_thresh=0.0, **override)  # nothing repeated
     assert "1 of 4 frames" in caplog.text and "broken" in caplog.text
+    assert re.search(rf"detections of every frame +{out}/predictions.json", caplog.text)  # the run's last lines
     combined = json.loads((out / "predictions.json").read_text())
     assert len(combined) == 3
     for name, entry in combined.items():
@@ -182,8 +190,14 @@ def test_two_process_gloo_training(polyp_bundle, tmp_path: Path) -> None:
     args = [f"--{k}={v}" for k, v in {**TINY, "max_epochs": 1, "bundle_root": str(tmp_path)}.items()]
     result = polyp_bundle.cli(*args, config=["train.json", "multi_gpu_train.json"], torchrun=2, timeout=240)
     # 12 training frames, 2 ranks, batch 4: 2 iterations per rank; only rank 0 logs them and writes files
-    assert "Epoch: 1/1, Iter: 2/2" in result.stderr + result.stdout
+    log = result.stderr + result.stdout
+    assert "Epoch: 1/1, Iter: 2/2" in log
     assert (tmp_path / "models" / "model.pt").is_file()
+    # rank 0 alone: one table per epoch (losses and detection metrics per network), one end-of-run summary
+    assert log.count("  network      loss     cls     box  kd_cls") == 1 and log.count("Training finished in") == 1
+    assert re.search(rf"deployed model \(student ensemble\) +{tmp_path}/models/model.pt", log)
+    evaluate = next(line for line in log.splitlines() if "evaluate on the test split" in line)
+    assert f"--bundle_root {tmp_path}" in evaluate and "--demo_images 16" in evaluate and "multi_gpu" not in evaluate
     assert len({p.name.split(".")[-2] for p in (tmp_path / "eval").glob("events.out.tfevents.*")}) == 1  # one pid
     assert [row["epoch"] for row in read_csv(tmp_path / "eval" / "metrics_history.csv")] == ["1"]
 
