@@ -1,5 +1,5 @@
 """Generic data utilities shared by the apps: image checks, the one RGB loader, atomically built cache folders and
-the rule of what an evaluation scores."""
+the rule of what an evaluation scores, random per-student views of a batch."""
 
 from monai_kdml.data.cache import ensure_cache_folder
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
@@ -16,10 +16,12 @@ from monai_kdml.data.images import (
     to_rgb,
 )
 from monai_kdml.data.loading import LoadRGBImaged, load_rgb
+from monai_kdml.data.views import BatchAugment
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
+    "BatchAugment",
     "EvaluationSplit",
     "ImageFileError",
     "ImageInfo",

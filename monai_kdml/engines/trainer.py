@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,17 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import TEACHER, Mode, TeacherMode, loss_key, network_names, student_name, term_key
+from monai_kdml.keys import (
+    TEACHER,
+    Mode,
+    TeacherMode,
+    cohort_key,
+    loss_key,
+    parse_cohorts,
+    pred_key,
+    student_name,
+    term_key,
+)
 from monai_kdml.losses import DistillationLoss, LossTerms
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
 from monai_kdml.networks.precision import parse_dtype, run_in_dtype
@@ -29,9 +40,26 @@ if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
     from ignite.metrics import Metric
 
-__all__ = ["KDMLTrainer", "load_teacher_weights"]
+__all__ = ["Cohort", "KDMLTrainer", "load_teacher_weights"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """One group of students trained with one mode: ``students[start:stop]`` of the trainer, named ``name``.
+
+    ``name`` is ``None`` in a single-mode run (keys unprefixed) and the mode in a cohort run (keys ``<mode>/...``).
+    """
+
+    name: str | None
+    mode: Mode
+    start: int
+    stop: int
+
+    def names(self) -> list[str]:
+        """The cohort's student names: ``student_<k>`` or ``<mode>/student_<k>``, ``k`` counted within it."""
+        return [cohort_key(self.name, student_name(k)) for k in range(self.stop - self.start)]
 
 
 class KDMLTrainer(Trainer):
@@ -53,6 +81,18 @@ class KDMLTrainer(Trainer):
     of the loss dict as ``<term>_<network>`` (e.g. ``kd_student_0``). Arguments not listed below follow
     :class:`monai.engines.SupervisedTrainer` in name and meaning.
 
+    **Cohorts** (``cohorts=["independent", "kd", "ml", "kdml"]``): one run trains one teacher and one cohort of ``K``
+    students per mode, on the same batches. ``students`` then lists ``len(cohorts) * K`` networks, cohort by cohort
+    (``students[c*K:(c+1)*K]`` is cohort ``c``), with their optimizers in the same order. The loss is called once per
+    cohort with that cohort's ``use_kd``/``use_ml``, so mutual learning stays within a cohort, and every key of a
+    cohort carries its prefix (:func:`monai_kdml.keys.cohort_key`): ``kd/pred`` (its ensemble; there is no plain
+    ``pred``), ``kd/pred_student_0``, ``kd/loss`` (its students' total), ``kd/loss_student_0``, ``kd/kd_student_0``.
+    As the gradients of every network come from its own objective only, each cohort trains exactly as a single-mode
+    run of its mode would, from the same initial weights and batches. ``mode`` names the cohort the teacher follows:
+    the teacher's own terms (``loss_teacher``; with ``KDMLLoss(teacher_ensemble_weight > 0)`` its term towards the
+    students' ensemble) come from that cohort's loss call, so with such a term only that cohort matches its
+    single-mode run.
+
     Args:
         teacher: the teacher network, or a :class:`~monai_kdml.networks.TeacherEnsemble` of frozen networks (whose
             mean probability is the KD target; ``teacher_mode="frozen"`` only, weights given to the ensemble).
@@ -71,6 +111,11 @@ class KDMLTrainer(Trainer):
             :func:`monai_kdml.networks.run_in_dtype`). ``None`` (default): float32.
         combine: fuses the students' predictions into ``pred``; default: mean class probability
             (:func:`monai_kdml.networks.combine_student_logits`).
+        cohorts: the modes of a cohort run (see above); ``None`` (default): one group of students trained in ``mode``.
+        student_transform: a random batch transform (e.g. :class:`monai_kdml.data.BatchAugment`) drawn afresh for each
+            student position ``k`` of every iteration: student ``k`` (of every cohort) sees its own view of the
+            prepared inputs, the teacher the inputs as prepared. It must keep what the loss compares aligned:
+            label-preserving for classification, photometric only for dense outputs (segmentation, detection).
 
     Raises:
         ValueError: at construction, for no students, an unknown ``mode``/``teacher_mode``, mutual learning with one
@@ -93,6 +138,8 @@ class KDMLTrainer(Trainer):
         teacher_checkpoint: str | Path | None = None,
         teacher_dtype: torch.dtype | str | None = None,
         combine: Callable[[list], Any] | None = None,
+        cohorts: Sequence[Mode | str] | None = None,
+        student_transform: Callable[[Any], Any] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -115,7 +162,8 @@ class KDMLTrainer(Trainer):
     ) -> None:
         self.mode = Mode.parse(mode, "mode")
         self.teacher_mode = TeacherMode.parse(teacher_mode, "teacher_mode")
-        _check_networks(teacher, students, student_optimizers, teacher_optimizer, self.mode, self.teacher_mode)
+        self.cohorts = _make_cohorts(parse_cohorts(cohorts), self.mode, len(students))
+        _check_networks(teacher, students, student_optimizers, teacher_optimizer, self.cohorts, self.teacher_mode)
         self.teacher_dtype = _check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
         is_ensemble = isinstance(unwrap_module(teacher), TeacherEnsemble)
         if is_ensemble and teacher_checkpoint is not None:
@@ -164,6 +212,7 @@ class KDMLTrainer(Trainer):
         self.student_optimizers = list(student_optimizers)
         self.loss_function = loss_function
         self.combine = combine_student_logits if combine is None else combine
+        self.student_transform = student_transform
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.optim_set_to_none = optim_set_to_none
         self.compile = compile
@@ -187,10 +236,11 @@ class KDMLTrainer(Trainer):
         """One iteration for every network; returns ``engine.state.output`` (keys in the class docstring)."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        # 1. one batch serves every network
+        # 1. one batch serves every network (with `student_transform`, one random view of it per student position)
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
         net_inputs = inputs.as_tensor() if engine.compile and hasattr(inputs, "as_tensor") else inputs
+        student_inputs = engine._student_inputs(net_inputs)
         engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
         online = engine.teacher_optimizer is not None
         for optimizer in engine.trainable_optimizers:
@@ -204,24 +254,44 @@ class KDMLTrainer(Trainer):
             with torch.set_grad_enabled(online), torch.autocast(engine.state.device.type, enabled=teacher_autocast):
                 teacher_pred = engine.inferer(net_inputs, engine.teacher, *args, **kwargs)
             student_preds = []
-            for student in engine.students:
+            for k, student in enumerate(engine.students):
                 student.train()
-                student_preds.append(engine.inferer(net_inputs, student, *args, **kwargs))
+                view = student_inputs[k % len(student_inputs)]
+                student_preds.append(engine.inferer(view, student, *args, **kwargs))
             if not engine._shapes_checked:
-                _check_output_shapes(teacher_pred, student_preds)
+                names = [name for cohort in engine.cohorts for name in cohort.names()]
+                _check_output_shapes(teacher_pred, student_preds, names)
                 engine._shapes_checked = True
-            engine.state.output.update(_pred_entries(teacher_pred, student_preds))
+            engine.state.output.update(_pred_entries(teacher_pred, student_preds, engine.cohorts))
             with torch.no_grad():
-                engine.state.output[CommonKeys.PRED] = engine.combine([_detach(p) for p in student_preds])
+                for cohort in engine.cohorts:  # each cohort's ensemble: `pred`, or `<mode>/pred` in a cohort run
+                    preds = student_preds[cohort.start : cohort.stop]
+                    engine.state.output[cohort_key(cohort.name, CommonKeys.PRED)] = engine.combine(
+                        [_detach(p) for p in preds]
+                    )
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
-            # 3. the loss dict; the total is what one backward needs
-            terms = engine.loss_function(
-                student_preds, teacher_pred, targets, use_kd=engine.mode.uses_kd, use_ml=engine.mode.uses_ml
-            )
-            total = terms["loss"] + terms["teacher"]["loss"] if online and "teacher" in terms else terms["loss"]
+            # 3. the loss dict of each cohort (its students learn from the labels, the teacher and each other only);
+            # the total is what one backward needs
+            totals, teacher_terms = [], None
+            for cohort in engine.cohorts:
+                terms = engine.loss_function(
+                    student_preds[cohort.start : cohort.stop],
+                    teacher_pred,
+                    targets,
+                    use_kd=cohort.mode.uses_kd,
+                    use_ml=cohort.mode.uses_ml,
+                )
+                totals.append(terms["loss"])
+                followed = cohort.mode == engine.mode  # the cohort whose call gives the teacher's own terms
+                teacher_terms = terms.get("teacher") if followed else teacher_terms
+                engine.state.output.update(_loss_entries(terms, cohort, teacher=followed))
+            total = totals[0]
+            for value in totals[1:]:
+                total = total + value
+            if online and teacher_terms is not None:
+                total = total + teacher_terms["loss"]
             engine.state.output[CommonKeys.LOSS] = total
-            engine.state.output.update(_loss_entries(terms))
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         # 4. one backward: targets of KD/ML are detached, so each network gets exactly its own objective's gradient
@@ -235,6 +305,14 @@ class KDMLTrainer(Trainer):
         engine.state.output[CommonKeys.LOSS] = total.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _student_inputs(self, inputs: Any) -> list:
+        """``[inputs]``, or one fresh ``student_transform`` view per student position of a cohort."""
+        if self.student_transform is None:
+            return [inputs]
+        size = self.cohorts[0].stop - self.cohorts[0].start
+        with torch.no_grad():
+            return [self.student_transform(inputs) for _ in range(size)]
 
     def state_dict(self) -> OrderedDict:
         """Ignite's engine state (iteration, epoch, ...) plus the AMP grad scaler, so a resumed run is exact."""
@@ -284,7 +362,7 @@ def _check_networks(
     students: Sequence[nn.Module],
     student_optimizers: Sequence[Optimizer],
     teacher_optimizer: Optimizer | None,
-    mode: Mode,
+    cohorts: list[Cohort],
     teacher_mode: TeacherMode,
 ) -> None:
     """Every mistake in wiring networks and optimizers, reported at construction rather than after an epoch."""
@@ -292,15 +370,11 @@ def _check_networks(
         raise ValueError(f"`teacher` must be an nn.Module, got {type(teacher).__name__}.")
     if isinstance(students, nn.Module) and not isinstance(students, nn.ModuleList):
         raise ValueError("`students` must be a sequence of networks, got a single module.")
-    if len(students) < 1:
-        raise ValueError("`students` must hold at least one network (K >= 1).")
-    if mode.uses_ml and len(students) < 2:
-        raise ValueError(f"`mode`='{mode}' uses mutual learning, which needs at least 2 `students`; got 1.")
+    names = [TEACHER] + [name for cohort in cohorts for name in cohort.names()]
     modules = [unwrap_module(m) for m in (teacher, *students)]
     for i, a in enumerate(modules):
         for j in range(i + 1, len(modules)):
             if a is modules[j]:
-                names = network_names(len(students), ensemble=False)
                 raise ValueError(
                     f"`students`: {names[i]} and {names[j]} are the same module object and would share weights; "
                     "build each network with its own constructor call."
@@ -318,9 +392,8 @@ def _check_networks(
         raise ValueError("`teacher_optimizer` is required when `teacher_mode`='online'.")
     if teacher_mode == TeacherMode.FROZEN and teacher_optimizer is not None:
         raise ValueError("`teacher_optimizer` must be None when `teacher_mode`='frozen': the teacher is never updated.")
-    names = network_names(len(students), ensemble=False)
     owners = {id(p): name for name, m in zip(names, modules, strict=True) for p in m.parameters()}
-    pairs = [(student_name(k), o) for k, o in enumerate(student_optimizers)]
+    pairs = list(zip(names[1:], student_optimizers, strict=True))
     if teacher_optimizer is not None:
         pairs.append((TEACHER, teacher_optimizer))
     for name, optimizer in pairs:
@@ -331,6 +404,30 @@ def _check_networks(
                         f"the optimizer of {name} holds parameters of {owners[id(p)]}; each optimizer must update "
                         "its own network only."
                     )
+
+
+def _make_cohorts(modes: list[Mode] | None, mode: Mode, num_students: int) -> list[Cohort]:
+    """The student groups: one unnamed group in ``mode``, or one group of ``K`` students per mode of a cohort run."""
+    if num_students < 1:
+        raise ValueError("`students` must hold at least one network (K >= 1).")
+    if modes is None:
+        if mode.uses_ml and num_students < 2:
+            raise ValueError(f"`mode`='{mode}' uses mutual learning, which needs at least 2 `students`; got 1.")
+        return [Cohort(None, mode, 0, num_students)]
+    if mode not in modes:
+        raise ValueError(
+            f"`mode`='{mode}' must be one of `cohorts` {[str(m) for m in modes]}: the teacher's own loss terms come "
+            "from that cohort's loss call."
+        )
+    size, rest = divmod(num_students, len(modes))
+    if rest or size < 1:
+        raise ValueError(
+            f"`students`: {num_students} networks do not split into {len(modes)} cohorts of equal size K; give "
+            "len(cohorts) * K students, cohort by cohort."
+        )
+    if size < 2 and any(m.uses_ml for m in modes):
+        raise ValueError("`cohorts` with mutual learning need K >= 2 students per cohort; got 1.")
+    return [Cohort(str(m), m, c * size, (c + 1) * size) for c, m in enumerate(modes)]
 
 
 def _shapes(x: Any) -> Any:
@@ -344,12 +441,12 @@ def _shapes(x: Any) -> Any:
     return type(x).__name__
 
 
-def _check_output_shapes(teacher_pred: Any, student_preds: list) -> None:
+def _check_output_shapes(teacher_pred: Any, student_preds: list, names: list[str]) -> None:
     expected = _shapes(teacher_pred)
-    for k, pred in enumerate(student_preds):
+    for name, pred in zip(names, student_preds, strict=True):
         if _shapes(pred) != expected:
             raise ValueError(
-                f"{student_name(k)} output shape {_shapes(pred)} differs from the {TEACHER}'s {expected}: "
+                f"{name} output shape {_shapes(pred)} differs from the {TEACHER}'s {expected}: "
                 "distillation needs outputs that align element for element (same classes, same spatial size)."
             )
 
@@ -364,19 +461,25 @@ def _detach(x: Any) -> Any:
     return x
 
 
-def _pred_entries(teacher_pred: Any, student_preds: list) -> dict:
-    entries = {f"pred_{TEACHER}": _detach(teacher_pred)}
-    entries.update({f"pred_{student_name(k)}": _detach(p) for k, p in enumerate(student_preds)})
+def _pred_entries(teacher_pred: Any, student_preds: list, cohorts: list[Cohort]) -> dict:
+    entries = {pred_key(TEACHER): _detach(teacher_pred)}
+    for cohort in cohorts:
+        preds = student_preds[cohort.start : cohort.stop]
+        entries.update({pred_key(name): _detach(p) for name, p in zip(cohort.names(), preds, strict=True)})
     return entries
 
 
-def _loss_entries(terms: LossTerms) -> dict[str, torch.Tensor]:
-    """Flatten the loss dict into ``loss_<network>`` and ``<term>_<network>`` entries (detached, for logging)."""
+def _loss_entries(terms: LossTerms, cohort: Cohort, teacher: bool = True) -> dict[str, torch.Tensor]:
+    """Flatten one cohort's loss dict into ``loss_<network>`` and ``<term>_<network>`` entries (detached, for
+    logging), prefixed by the cohort in a cohort run (plus ``<mode>/loss``, its students' total); the teacher's
+    entries only when ``teacher``."""
     entries: dict[str, torch.Tensor] = {}
+    names = cohort.names()
+    if cohort.name is not None:
+        entries[cohort_key(cohort.name, CommonKeys.LOSS)] = terms["loss"].detach()
     for term, values in terms.get("students", {}).items():
-        for k, value in enumerate(values):
-            key = loss_key(student_name(k)) if term == "loss" else term_key(term, student_name(k))
-            entries[key] = value.detach()
-    for term, value in terms.get("teacher", {}).items():
+        for name, value in zip(names, values, strict=True):
+            entries[loss_key(name) if term == "loss" else term_key(term, name)] = value.detach()
+    for term, value in terms.get("teacher", {}).items() if teacher else ():
         entries[loss_key(TEACHER) if term == "loss" else term_key(term, TEACHER)] = value.detach()
     return entries

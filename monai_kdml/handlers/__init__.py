@@ -1,7 +1,14 @@
-"""Ignite handlers: checkpoints and resume, model selection, warm-up schedules, the non-finite-loss guard, per-epoch
-seeding and named output transforms."""
+"""Ignite handlers: checkpoints and resume, model selection (per cohort too), warm-up schedules, the non-finite-loss
+guard, per-epoch seeding and named output transforms."""
 
 from monai_kdml.handlers.checkpoint import TrainingCheckpoint, atomic_save, remove_stale_temporaries
+from monai_kdml.handlers.cohorts import (
+    COHORTS_DIR,
+    CohortCheckpointLoader,
+    CohortModelSaver,
+    cohort_dir,
+    cohort_metric,
+)
 from monai_kdml.handlers.guards import NonFiniteLossError, NonFiniteLossGuard
 from monai_kdml.handlers.history import MetricsHistoryWriter
 from monai_kdml.handlers.outputs import loss_terms
@@ -17,15 +24,18 @@ from monai_kdml.handlers.resume import (
 )
 from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, WarmupHandler
 from monai_kdml.handlers.seeding import EpochSeedHandler
-from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState
+from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState, select_best
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted
 
 __all__ = [
+    "COHORTS_DIR",
     "AttributeSetter",
     "BestModelSaver",
     "CheckpointInfo",
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "CohortCheckpointLoader",
+    "CohortModelSaver",
     "EpochSeedHandler",
     "LrScheduleHandlerGroup",
     "MetricsHistoryWriter",
@@ -38,10 +48,13 @@ __all__ = [
     "WarmupHandler",
     "atomic_save",
     "check_checkpoint",
+    "cohort_dir",
+    "cohort_metric",
     "find_resume_checkpoint",
     "load_checkpoint",
     "loss_terms",
     "read_checkpoint",
     "remove_stale_temporaries",
     "resume_checkpoint",
+    "select_best",
 ]

@@ -10,12 +10,13 @@ import torch
 
 __all__ = ["loss_terms"]
 
-# ``loss`` and ``<term>_<network>`` entries; predictions (``pred_*``) are not losses
-_LOSS_KEY = re.compile(r"^(loss|(?!pred_)\w+_(teacher|student_\d+))$")
+# ``loss`` and ``<term>_<network>`` entries, with a cohort's ``<mode>/`` prefix or without; predictions are not losses
+_LOSS_KEY = re.compile(r"^(?:\w+/)?(?:loss|(?!pred_)\w+_(?:teacher|student_\d+))$")
 
 
 def loss_terms(output: Any) -> dict[str, float]:
-    """Every scalar loss entry of a ``KDMLTrainer`` output: ``loss``, ``loss_<network>``, ``<term>_<network>``.
+    """Every scalar loss entry of a ``KDMLTrainer`` output: ``loss``, ``loss_<network>``, ``<term>_<network>``
+    (and a cohort run's ``<mode>/loss``, ``<mode>/loss_<network>``, ``<mode>/<term>_<network>``).
 
     Give it as ``output_transform`` to ``StatsHandler``/``TensorBoardStatsHandler`` to get each network's losses as
     their own curves. Works on the decollated list MONAI produces (first item; the scalars are replicated) and on a
