@@ -88,10 +88,12 @@ class KDMLTrainer(Trainer):
     cohort carries its prefix (:func:`monai_kdml.keys.cohort_key`): ``kd/pred`` (its ensemble; there is no plain
     ``pred``), ``kd/pred_student_0``, ``kd/loss`` (its students' total), ``kd/loss_student_0``, ``kd/kd_student_0``.
     As the gradients of every network come from its own objective only, each cohort trains exactly as a single-mode
-    run of its mode would, from the same initial weights and batches. ``mode`` names the cohort the teacher follows:
-    the teacher's own terms (``loss_teacher``; with ``KDMLLoss(teacher_ensemble_weight > 0)`` its term towards the
-    students' ensemble) come from that cohort's loss call, so with such a term only that cohort matches its
-    single-mode run.
+    run of its mode would, from the same initial weights and batches. A loss that draws random numbers (detection's
+    hard-negative sampler) draws them, in every cohort's call, from one seed taken per iteration from torch's global
+    generator, so all cohorts sample alike and none changes what later steps draw. ``mode`` names the cohort the
+    teacher follows: the teacher's own terms (``loss_teacher``; with ``KDMLLoss(teacher_ensemble_weight > 0)`` its
+    term towards the students' ensemble) come from that cohort's loss call, so with such a term only that cohort
+    matches its single-mode run.
 
     Args:
         teacher: the teacher network, or a :class:`~monai_kdml.networks.TeacherEnsemble` of frozen networks (whose
@@ -222,6 +224,8 @@ class KDMLTrainer(Trainer):
             logger.info("amp=True has no effect on device %s: training in float32.", self.state.device)
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self._shapes_checked = False
+        device_type = self.state.device.type if self.state.device is not None else "cpu"
+        self._rng_devices = [self.state.device] if device_type == "cuda" else []
 
     @property
     def trainable_optimizers(self) -> list[Optimizer]:
@@ -273,15 +277,20 @@ class KDMLTrainer(Trainer):
 
             # 3. the loss dict of each cohort (its students learn from the labels, the teacher and each other only);
             # the total is what one backward needs
+            # a loss may draw random numbers (detection's hard-negative sampler): every cohort's call gets the same
+            # stream, seeded by one draw per iteration, so no cohort changes what the others or later steps draw
+            seed = int(torch.randint(0, 2**62, ()).item())
             totals, teacher_terms = [], None
             for cohort in engine.cohorts:
-                terms = engine.loss_function(
-                    student_preds[cohort.start : cohort.stop],
-                    teacher_pred,
-                    targets,
-                    use_kd=cohort.mode.uses_kd,
-                    use_ml=cohort.mode.uses_ml,
-                )
+                with torch.random.fork_rng(devices=engine._rng_devices):
+                    torch.manual_seed(seed)
+                    terms = engine.loss_function(
+                        student_preds[cohort.start : cohort.stop],
+                        teacher_pred,
+                        targets,
+                        use_kd=cohort.mode.uses_kd,
+                        use_ml=cohort.mode.uses_ml,
+                    )
                 totals.append(terms["loss"])
                 followed = cohort.mode == engine.mode  # the cohort whose call gives the teacher's own terms
                 teacher_terms = terms.get("teacher") if followed else teacher_terms
