@@ -64,6 +64,16 @@ def test_the_grid_summary(grid: Path) -> None:
     assert list((grid / "runs" / "tiny-grid" / "hparams").rglob("events.out.tfevents.*"))
 
 
+def test_recollect_rebuilds_a_summary_keeping_its_timing(grid: Path) -> None:
+    ablation = make(grid)
+    spec = ablation.specs()[0]
+    before = json.loads(ablation.result_path(spec).read_text())
+    after = ablation.recollect(spec)
+    assert after is not None and after["seconds"] == before["seconds"] and after["test"] == before["test"]
+    assert len(after["epoch_seconds"]) == 2 and all(s > 0 for s in after["epoch_seconds"])
+    assert make(grid, runs="elsewhere").recollect(spec) is None  # no run folder there: nothing to rebuild
+
+
 def test_finished_runs_are_skipped_also_from_committed_summaries(grid: Path, monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a finished run was started again")

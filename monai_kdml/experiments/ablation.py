@@ -234,11 +234,27 @@ class Ablation:
                 "summary": time.monotonic() - start,
                 "train_attempts": len(timing["train_s"]),
             },
+            "epoch_seconds": _epoch_seconds(folder / "train.log"),
             "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "commit": _git_commit(self.repo),
             **summary,
         }
+        text = json.dumps(summary, indent=1, sort_keys=True, default=float)
+        (folder / "summary.json").write_text(text + "\n")
+        self.result_path(spec).parent.mkdir(parents=True, exist_ok=True)
+        self.result_path(spec).write_text(text + "\n")
+        return summary
+
+    def recollect(self, spec: RunSpec) -> dict[str, Any] | None:
+        """Rebuild a finished run's summary from its run folder (e.g. after a fix in the summary code), keeping its
+        timing and overrides; ``None`` when the run folder has no summary to update."""
+        folder = self.run_dir(spec)
+        if not (folder / "summary.json").is_file() or not (folder / "eval" / "test" / "metrics.csv").is_file():
+            return None
+        old = json.loads((folder / "summary.json").read_text())
+        summary = collect_run(TASKS[spec.task], folder, old["modes"], self.resamples, spec.seed)
+        summary = {**old, **summary, "epoch_seconds": _epoch_seconds(folder / "train.log")}
         text = json.dumps(summary, indent=1, sort_keys=True, default=float)
         (folder / "summary.json").write_text(text + "\n")
         self.result_path(spec).parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +299,15 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
+def _epoch_seconds(log: Path) -> list[float]:
+    """The trainer's ``Epoch[N] Complete. Time taken: HH:MM:SS.fff`` lines of a training log, in seconds."""
+    import re
+
+    pattern = re.compile(r"KDMLTrainer - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in pattern.findall(text)]
+
+
 def _git_commit(repo: Path) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
@@ -325,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples per run (0: none)")
     parser.add_argument("--nice", type=int, default=10)
     parser.add_argument("--summary-only", action="store_true", help="only rewrite the grid summary")
+    parser.add_argument("--recollect", action="store_true", help="rebuild finished runs' summaries from their folders")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their commands' overrides")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -337,7 +363,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             state = "finished" if ablation.done(spec) else "to run"
             print(spec.key, state, json.dumps(ablation.overrides(spec)[0]))
         return []
-    if args.summary_only:
+    if args.recollect:
+        for spec in ablation.specs():
+            print(spec.key, "recollected" if ablation.recollect(spec) is not None else "no run folder")
+    if args.summary_only or args.recollect:
         for path in ablation.report():
             print(path)
         return []
