@@ -202,6 +202,7 @@ class Ablation:
         """Train (resuming an interrupted training), evaluate and summarise one run; returns its summary."""
         folder = self.run_dir(spec)
         folder.mkdir(parents=True, exist_ok=True)
+        commit = _git_commit(self.repo)  # the code this run starts with
         timing_path = folder / "timing.json"
         timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"train_s": [], "evaluate_s": []}
         train, evaluate = self.overrides(spec)
@@ -237,7 +238,7 @@ class Ablation:
             "epoch_seconds": _epoch_seconds(folder / "train.log"),
             "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "commit": _git_commit(self.repo),
+            "commit": commit,
             **summary,
         }
         text = json.dumps(summary, indent=1, sort_keys=True, default=float)
