@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,20 +18,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import (
-    TEACHER,
-    Mode,
-    TeacherMode,
-    cohort_key,
-    loss_key,
-    parse_cohorts,
-    pred_key,
-    student_name,
-    term_key,
-)
-from monai_kdml.losses import DistillationLoss, LossTerms
+from monai_kdml.engines.checks import check_networks, check_output_shapes, check_teacher_dtype
+from monai_kdml.engines.cohorts import detach, loss_entries, make_cohorts, pred_entries
+from monai_kdml.keys import TEACHER, Mode, TeacherMode, cohort_key, parse_cohorts
+from monai_kdml.losses import DistillationLoss
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
-from monai_kdml.networks.precision import parse_dtype, run_in_dtype
+from monai_kdml.networks.precision import run_in_dtype
 from monai_kdml.networks.teachers import TeacherEnsemble
 from monai_kdml.networks.weights import load_pretrained
 
@@ -40,26 +31,9 @@ if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
     from ignite.metrics import Metric
 
-__all__ = ["Cohort", "KDMLTrainer", "load_teacher_weights"]
+__all__ = ["KDMLTrainer", "load_teacher_weights"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Cohort:
-    """One group of students trained with one mode: ``students[start:stop]`` of the trainer, named ``name``.
-
-    ``name`` is ``None`` in a single-mode run (keys unprefixed) and the mode in a cohort run (keys ``<mode>/...``).
-    """
-
-    name: str | None
-    mode: Mode
-    start: int
-    stop: int
-
-    def names(self) -> list[str]:
-        """The cohort's student names: ``student_<k>`` or ``<mode>/student_<k>``, ``k`` counted within it."""
-        return [cohort_key(self.name, student_name(k)) for k in range(self.stop - self.start)]
 
 
 class KDMLTrainer(Trainer):
@@ -164,9 +138,9 @@ class KDMLTrainer(Trainer):
     ) -> None:
         self.mode = Mode.parse(mode, "mode")
         self.teacher_mode = TeacherMode.parse(teacher_mode, "teacher_mode")
-        self.cohorts = _make_cohorts(parse_cohorts(cohorts), self.mode, len(students))
-        _check_networks(teacher, students, student_optimizers, teacher_optimizer, self.cohorts, self.teacher_mode)
-        self.teacher_dtype = _check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
+        self.cohorts = make_cohorts(parse_cohorts(cohorts), self.mode, len(students))
+        check_networks(teacher, students, student_optimizers, teacher_optimizer, self.cohorts, self.teacher_mode)
+        self.teacher_dtype = check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
         is_ensemble = isinstance(unwrap_module(teacher), TeacherEnsemble)
         if is_ensemble and teacher_checkpoint is not None:
             raise ValueError(
@@ -264,14 +238,14 @@ class KDMLTrainer(Trainer):
                 student_preds.append(engine.inferer(view, student, *args, **kwargs))
             if not engine._shapes_checked:
                 names = [name for cohort in engine.cohorts for name in cohort.names()]
-                _check_output_shapes(teacher_pred, student_preds, names)
+                check_output_shapes(teacher_pred, student_preds, names)
                 engine._shapes_checked = True
-            engine.state.output.update(_pred_entries(teacher_pred, student_preds, engine.cohorts))
+            engine.state.output.update(pred_entries(teacher_pred, student_preds, engine.cohorts))
             with torch.no_grad():
                 for cohort in engine.cohorts:  # each cohort's ensemble: `pred`, or `<mode>/pred` in a cohort run
                     preds = student_preds[cohort.start : cohort.stop]
                     engine.state.output[cohort_key(cohort.name, CommonKeys.PRED)] = engine.combine(
-                        [_detach(p) for p in preds]
+                        [detach(p) for p in preds]
                     )
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
@@ -294,7 +268,7 @@ class KDMLTrainer(Trainer):
                 totals.append(terms["loss"])
                 followed = cohort.mode == engine.mode  # the cohort whose call gives the teacher's own terms
                 teacher_terms = terms.get("teacher") if followed else teacher_terms
-                engine.state.output.update(_loss_entries(terms, cohort, teacher=followed))
+                engine.state.output.update(loss_entries(terms, cohort, teacher=followed))
             total = totals[0]
             for value in totals[1:]:
                 total = total + value
@@ -349,146 +323,3 @@ def load_teacher_weights(teacher: nn.Module, checkpoint: str | Path) -> None:
         ValueError: the file holds no weights that fit the teacher (nothing is then loaded).
     """
     load_pretrained(teacher, checkpoint, config_key="teacher_checkpoint", name=TEACHER)
-
-
-def _check_teacher_dtype(
-    value: torch.dtype | str | None, teacher_mode: TeacherMode, device: str | torch.device
-) -> torch.dtype | None:
-    dtype = parse_dtype(value, "teacher_dtype")
-    if dtype is None or dtype == torch.float32:
-        return None
-    if teacher_mode == TeacherMode.ONLINE:
-        raise ValueError(
-            "`teacher_dtype` needs teacher_mode='frozen': an online teacher trains, use `amp=True` for mixed precision."
-        )
-    if dtype == torch.float16 and torch.device(device).type != "cuda":
-        raise ValueError(f"`teacher_dtype`='float16' runs on CUDA only (device {device}); use 'bfloat16'.")
-    return dtype
-
-
-def _check_networks(
-    teacher: nn.Module,
-    students: Sequence[nn.Module],
-    student_optimizers: Sequence[Optimizer],
-    teacher_optimizer: Optimizer | None,
-    cohorts: list[Cohort],
-    teacher_mode: TeacherMode,
-) -> None:
-    """Every mistake in wiring networks and optimizers, reported at construction rather than after an epoch."""
-    if not isinstance(teacher, nn.Module):
-        raise ValueError(f"`teacher` must be an nn.Module, got {type(teacher).__name__}.")
-    if isinstance(students, nn.Module) and not isinstance(students, nn.ModuleList):
-        raise ValueError("`students` must be a sequence of networks, got a single module.")
-    names = [TEACHER] + [name for cohort in cohorts for name in cohort.names()]
-    modules = [unwrap_module(m) for m in (teacher, *students)]
-    for i, a in enumerate(modules):
-        for j in range(i + 1, len(modules)):
-            if a is modules[j]:
-                raise ValueError(
-                    f"`students`: {names[i]} and {names[j]} are the same module object and would share weights; "
-                    "build each network with its own constructor call."
-                )
-    if len(student_optimizers) != len(students):
-        raise ValueError(
-            f"`student_optimizers` must hold one optimizer per student: {len(student_optimizers)} for "
-            f"{len(students)} students."
-        )
-    if teacher_mode == TeacherMode.ONLINE and isinstance(unwrap_module(teacher), TeacherEnsemble):
-        raise ValueError(
-            "`teacher`: a TeacherEnsemble is frozen by design; use teacher_mode='frozen' and teacher_optimizer=None."
-        )
-    if teacher_mode == TeacherMode.ONLINE and teacher_optimizer is None:
-        raise ValueError("`teacher_optimizer` is required when `teacher_mode`='online'.")
-    if teacher_mode == TeacherMode.FROZEN and teacher_optimizer is not None:
-        raise ValueError("`teacher_optimizer` must be None when `teacher_mode`='frozen': the teacher is never updated.")
-    owners = {id(p): name for name, m in zip(names, modules, strict=True) for p in m.parameters()}
-    pairs = list(zip(names[1:], student_optimizers, strict=True))
-    if teacher_optimizer is not None:
-        pairs.append((TEACHER, teacher_optimizer))
-    for name, optimizer in pairs:
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if owners.get(id(p), name) != name:
-                    raise ValueError(
-                        f"the optimizer of {name} holds parameters of {owners[id(p)]}; each optimizer must update "
-                        "its own network only."
-                    )
-
-
-def _make_cohorts(modes: list[Mode] | None, mode: Mode, num_students: int) -> list[Cohort]:
-    """The student groups: one unnamed group in ``mode``, or one group of ``K`` students per mode of a cohort run."""
-    if num_students < 1:
-        raise ValueError("`students` must hold at least one network (K >= 1).")
-    if modes is None:
-        if mode.uses_ml and num_students < 2:
-            raise ValueError(f"`mode`='{mode}' uses mutual learning, which needs at least 2 `students`; got 1.")
-        return [Cohort(None, mode, 0, num_students)]
-    if mode not in modes:
-        raise ValueError(
-            f"`mode`='{mode}' must be one of `cohorts` {[str(m) for m in modes]}: the teacher's own loss terms come "
-            "from that cohort's loss call."
-        )
-    size, rest = divmod(num_students, len(modes))
-    if rest or size < 1:
-        raise ValueError(
-            f"`students`: {num_students} networks do not split into {len(modes)} cohorts of equal size K; give "
-            "len(cohorts) * K students, cohort by cohort."
-        )
-    if size < 2 and any(m.uses_ml for m in modes):
-        raise ValueError("`cohorts` with mutual learning need K >= 2 students per cohort; got 1.")
-    return [Cohort(str(m), m, c * size, (c + 1) * size) for c, m in enumerate(modes)]
-
-
-def _shapes(x: Any) -> Any:
-    """The nested shape structure of a network output (tensor, list/tuple or dict of them)."""
-    if isinstance(x, torch.Tensor):
-        return tuple(x.shape)
-    if isinstance(x, Mapping):
-        return {k: _shapes(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_shapes(v) for v in x]
-    return type(x).__name__
-
-
-def _check_output_shapes(teacher_pred: Any, student_preds: list, names: list[str]) -> None:
-    expected = _shapes(teacher_pred)
-    for name, pred in zip(names, student_preds, strict=True):
-        if _shapes(pred) != expected:
-            raise ValueError(
-                f"{name} output shape {_shapes(pred)} differs from the {TEACHER}'s {expected}: "
-                "distillation needs outputs that align element for element (same classes, same spatial size)."
-            )
-
-
-def _detach(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, Mapping):
-        return {k: _detach(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_detach(v) for v in x)
-    return x
-
-
-def _pred_entries(teacher_pred: Any, student_preds: list, cohorts: list[Cohort]) -> dict:
-    entries = {pred_key(TEACHER): _detach(teacher_pred)}
-    for cohort in cohorts:
-        preds = student_preds[cohort.start : cohort.stop]
-        entries.update({pred_key(name): _detach(p) for name, p in zip(cohort.names(), preds, strict=True)})
-    return entries
-
-
-def _loss_entries(terms: LossTerms, cohort: Cohort, teacher: bool = True) -> dict[str, torch.Tensor]:
-    """Flatten one cohort's loss dict into ``loss_<network>`` and ``<term>_<network>`` entries (detached, for
-    logging), prefixed by the cohort in a cohort run (plus ``<mode>/loss``, its students' total); the teacher's
-    entries only when ``teacher``."""
-    entries: dict[str, torch.Tensor] = {}
-    names = cohort.names()
-    if cohort.name is not None:
-        entries[cohort_key(cohort.name, CommonKeys.LOSS)] = terms["loss"].detach()
-    for term, values in terms.get("students", {}).items():
-        for name, value in zip(names, values, strict=True):
-            entries[loss_key(name) if term == "loss" else term_key(term, name)] = value.detach()
-    for term, value in terms.get("teacher", {}).items() if teacher else ():
-        entries[loss_key(TEACHER) if term == "loss" else term_key(term, TEACHER)] = value.detach()
-    return entries
