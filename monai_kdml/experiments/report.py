@@ -180,45 +180,39 @@ def _costs(task: Task, folder: Path, cells: Mapping[tuple[str, str], list[dict]]
 
 
 def _plot(task: Task, cells: Mapping[tuple[str, str], list[dict]], path: Path) -> None:
+    """One panel per main metric: per mode, the ensemble (filled) and the mean student (hollow), mean ± std over
+    seeds, one colour per preset/variant; the teacher as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = (*task.metrics[:2], task.metrics[3])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.3 * len(metrics), 3.8), squeeze=False)
     groups = list(cells)
-    width = 0.8 / max(1, len(groups))
+    step = 0.7 / max(1, len(groups))
     for ax, metric in zip(axes[0], metrics, strict=True):
         for g, (preset, variant) in enumerate(groups):
             cell = cells[(preset, variant)]
             modes = cell[0]["modes"]
-            xs = [i - 0.4 + width * (g + 0.5) for i in range(len(modes))]
-            ens = [mean_std([_value(r, mode, ENSEMBLE, metric) for r in cell]) for mode in modes]
-            stu = [mean_std([_value(r, mode, "mean_student", metric) for r in cell]) for mode in modes]
-            err = [0.0 if not math.isfinite(s) else s for _, s in ens]
-            ax.bar(xs, [m for m, _ in ens], width * 0.9, yerr=err, capsize=3, alpha=0.75,
-                   label=f"{preset}/{variant}: ensemble")  # fmt: skip
-            ax.errorbar(xs, [m for m, _ in stu], yerr=[0.0 if not math.isfinite(s) else s for _, s in stu],
-                        fmt="o", mfc="none", color="k", ms=5, capsize=2,
-                        label="mean student" if g == 0 else None)  # fmt: skip
+            x = [i - 0.35 + step * (g + 0.5) for i in range(len(modes))]
+            for role, offset, style in ((ENSEMBLE, -0.06, {}), ("mean_student", 0.06, {"mfc": "none"})):
+                stats = [mean_std([_value(r, mode, role, metric) for r in cell]) for mode in modes]
+                ax.errorbar([v + offset * step for v in x], [m for m, _ in stats],
+                            yerr=[s if math.isfinite(s) else 0.0 for _, s in stats], fmt="o", color=f"C{g}", ms=6,
+                            capsize=3, label=f"{preset}/{variant}: {ROLE_LABELS[role]}", **style)  # fmt: skip
             teacher, _ = mean_std([_value(r, "-", "teacher", metric) for r in cell])
             if math.isfinite(teacher):
                 ax.axhline(teacher, ls="--", lw=1, color=f"C{g}", label=f"{preset}/{variant}: teacher")
         ax.set_xticks(range(len(cells[groups[0]][0]["modes"])), cells[groups[0]][0]["modes"])
-        values = [v for c in cells.values() for r in c for mode in r["modes"] for v in
-                  (_value(r, mode, ENSEMBLE, metric), _value(r, mode, "mean_student", metric))]  # fmt: skip
-        finite = [v for v in values if math.isfinite(v)]
-        if finite:
-            low, high = min(finite), max(finite)
-            ax.set_ylim(max(0.0, low - 0.15 * (high - low + 0.02)), min(1.0, high + 0.15 * (high - low + 0.02)))
         ax.set_title(task.labels[metric])
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=7, frameon=False)
     seeds = sorted({r["seed"] for c in cells.values() for r in c})
-    fig.suptitle(f"{task.name}: test split, mean ± std over seeds {seeds} (bars: ensemble, circles: mean student)",
-                 fontsize=9)  # fmt: skip
-    fig.tight_layout()
+    fig.suptitle(f"{task.name}: test split, mean ± std over seeds {seeds} (filled: ensemble, hollow: mean student, "
+                 "dashed: teacher)", fontsize=9)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(labels) // 6), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
