@@ -28,7 +28,7 @@ from monai.bundle import ConfigParser
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 from monai_kdml.commands import bundle_command
-from monai_kdml.keys import Mode, TeacherMode
+from monai_kdml.keys import Mode, TeacherMode, parse_cohorts
 
 __all__ = [
     "RECORD_NAME",
@@ -39,6 +39,7 @@ __all__ = [
     "pick_metric",
     "prepare_run_folder",
     "read_record",
+    "run_record",
     "write_record",
 ]
 
@@ -153,10 +154,10 @@ _AT_LEAST_ONE = ("max_epochs", "batch_size", "val_interval", "num_students")
 def check_options(**options: Any) -> None:
     """Validate the training options both bundles share, naming the config key of the first bad value.
 
-    Known keys (each optional): ``mode``, ``teacher_mode``, ``num_students``, ``max_epochs``, ``batch_size``,
-    ``val_interval``, ``learning_rate``, ``temperature``, ``weight_decay``, ``warmup_epochs``, ``ce_weight``,
-    ``gt_weight``, ``kd_weight``, ``ml_weight``, ``teacher_ensemble_weight``, ``num_workers``, ``dataset_dir``,
-    ``teacher_weights``, ``student_weights``. Other keys are an error (a typo in a bundle).
+    Known keys (each optional): ``mode``, ``cohorts``, ``teacher_mode``, ``num_students``, ``max_epochs``,
+    ``batch_size``, ``val_interval``, ``learning_rate``, ``temperature``, ``weight_decay``, ``warmup_epochs``,
+    ``ce_weight``, ``gt_weight``, ``kd_weight``, ``ml_weight``, ``teacher_ensemble_weight``, ``num_workers``,
+    ``dataset_dir``, ``teacher_weights``, ``student_weights``. Other keys are an error (a typo in a bundle).
 
     Raises:
         ValueError: e.g. "`kd_weight` must be a finite number >= 0, got -5".
@@ -169,6 +170,8 @@ def check_options(**options: Any) -> None:
                 raise ValueError(f"`{key}` must be an integer >= 1, got {value!r}.")
         elif key == "mode":
             Mode.parse(value, "mode")
+        elif key == "cohorts":
+            parse_cohorts(value, "cohorts")
         elif key == "teacher_mode":
             TeacherMode.parse(value, "teacher_mode")
         elif key == "dataset_dir":
@@ -185,8 +188,15 @@ def check_options(**options: Any) -> None:
         else:
             raise ValueError(f"check_options: unknown option `{key}`.")
     mode = Mode.parse(options.get("mode", Mode.KDML), "mode")
-    if mode.uses_ml and options.get("num_students", 2) < 2:
-        raise ValueError(f"`mode`='{mode}' uses mutual learning between peers: `num_students` must be >= 2.")
+    cohorts = parse_cohorts(options.get("cohorts"))
+    for m in cohorts or [mode]:
+        if m.uses_ml and options.get("num_students", 2) < 2:
+            raise ValueError(f"`mode`='{m}' uses mutual learning between peers: `num_students` must be >= 2.")
+    if cohorts is not None and mode not in cohorts:
+        raise ValueError(
+            f"`mode`='{mode}' must be one of `cohorts` {[str(m) for m in cohorts]}: in a cohort run it names the "
+            "cohort deployed as models/model.pt and the one the teacher follows (with teacher_ensemble_weight > 0)."
+        )
     frozen = TeacherMode.parse(options.get("teacher_mode", "online")) == TeacherMode.FROZEN
     teacher_weights = options.get("teacher_weights", "given")
     if frozen and teacher_weights is None:
@@ -270,6 +280,18 @@ def write_record(ckpt_dir: str | Path, record: Mapping[str, Any], resume: bool =
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def run_record(
+    record: Mapping[str, Any], cohorts: Sequence[str] | None = None, mode: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """``record`` plus what only some runs have: ``cohorts`` and ``mode`` for a cohort run, and each ``extra`` value
+    that is not ``None`` (e.g. mixed student architectures), so a single-mode run's record keeps its keys."""
+    out = dict(record)
+    if cohorts is not None:
+        out["cohorts"], out["mode"] = [str(c) for c in cohorts], str(mode)
+    out.update({key: value for key, value in extra.items() if value is not None})
+    return out
 
 
 def read_record(ckpt_dir: str | Path, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Generic data utilities shared by the apps: image checks, the one RGB loader, atomically built cache folders and
-the rule of what an evaluation scores."""
+the rule of what an evaluation scores, random per-student views of a batch."""
 
 from monai_kdml.data.cache import ensure_cache_folder
 from monai_kdml.data.datasets import CACHE_MODES, AfterCache, cached_bytes, cached_dataset, choose_cache
@@ -17,6 +17,7 @@ from monai_kdml.data.images import (
     to_rgb,
 )
 from monai_kdml.data.loading import LoadRGBImaged, load_rgb
+from monai_kdml.data.views import BatchAugment
 from monai_kdml.memory import GIB
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
     "AfterCache",
+    "BatchAugment",
     "EvaluationSplit",
     "ImageFileError",
     "ImageInfo",

@@ -1,6 +1,7 @@
-"""Engines: the KD + ML trainer and the teacher/students/ensemble evaluator."""
+"""Engines: the KD + ML trainer (single mode or one cohort per mode) and the teacher/students/ensemble evaluator."""
 
+from monai_kdml.engines.cohorts import Cohort
 from monai_kdml.engines.evaluator import KDMLEvaluator
 from monai_kdml.engines.trainer import KDMLTrainer, load_teacher_weights
 
-__all__ = ["KDMLEvaluator", "KDMLTrainer", "load_teacher_weights"]
+__all__ = ["Cohort", "KDMLEvaluator", "KDMLTrainer", "load_teacher_weights"]

@@ -15,7 +15,7 @@ from monai.utils import CommonKeys, ForwardMode
 from torch import nn
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import ENSEMBLE, TEACHER, network_names, pred_key, teacher_member_name
+from monai_kdml.keys import ENSEMBLE, TEACHER, cohort_key, parse_cohorts, pred_key, student_name, teacher_member_name
 from monai_kdml.networks.ensemble import StudentEnsemble, unwrap_module
 from monai_kdml.networks.teachers import TeacherEnsemble
 
@@ -45,14 +45,25 @@ class KDMLEvaluator(Evaluator):
     Arguments not listed follow :class:`monai.engines.Evaluator`; score members with
     ``classification_metrics(network_names(K, teacher_members=M))``.
 
+    With ``cohorts`` (a cohort run of :class:`~monai_kdml.engines.KDMLTrainer`), ``students`` lists the ``K``
+    students of each cohort in turn; each network still runs once, and every cohort's predictions land under its
+    prefix: ``kd/pred_student_<k>`` and ``kd/pred`` (its ensemble); score them with
+    ``classification_metrics(network_names(K, cohorts=cohorts))``.
+
     Args:
         teacher: the teacher network or a ``TeacherEnsemble``.
         students: the ``K`` students.
         ensemble: the deployable ensemble; default ``StudentEnsemble(students)``. It is what ``model.pt`` saves.
+            With ``cohorts``: one per cohort, in order (default: a ``StudentEnsemble`` of each cohort's students).
         combine: maps the students' predictions (a list, in order) to the ensemble's prediction. Default: the
             ensemble's own rule when it is a :class:`~monai_kdml.networks.StudentEnsemble` (its ``fuse`` method),
             else ``None``, which runs ``ensemble`` through the inferer.
         batch_keys: batch entries copied into ``engine.state.output``.
+        cohorts: the modes of a cohort run, or ``None`` (one group of students).
+
+    Raises:
+        ValueError: no students, ``cohorts`` that are not distinct modes or do not split the students evenly, or
+            not one ensemble per cohort.
     """
 
     def __init__(
@@ -61,9 +72,10 @@ class KDMLEvaluator(Evaluator):
         val_data_loader: Iterable | DataLoader,
         teacher: nn.Module,
         students: Sequence[nn.Module],
-        ensemble: nn.Module | None = None,
+        ensemble: nn.Module | Sequence[nn.Module] | None = None,
         combine: Callable[[list[Any]], Any] | None = None,
         batch_keys: Sequence[str] = (),
+        cohorts: Sequence[str] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -84,6 +96,20 @@ class KDMLEvaluator(Evaluator):
     ) -> None:
         if len(students) < 1:
             raise ValueError("`students` must hold at least one network.")
+        modes = parse_cohorts(cohorts)
+        names: list[str | None] = [None] if modes is None else [str(m) for m in modes]
+        size, rest = divmod(len(students), len(names))
+        if rest:
+            raise ValueError(f"`students`: {len(students)} networks do not split into {len(names)} equal cohorts.")
+        groups = [list(students[c * size : (c + 1) * size]) for c in range(len(names))]
+        if ensemble is None:
+            ensembles: list[nn.Module] = [StudentEnsemble(g) for g in groups]
+        elif isinstance(ensemble, nn.Module):
+            ensembles = [ensemble]
+        else:
+            ensembles = list(ensemble)
+        if len(ensembles) != len(names):
+            raise ValueError(f"`ensemble`: {len(ensembles)} networks for {len(names)} cohorts; give one per cohort.")
         device = torch.device(device) if isinstance(device, str) else device
         super().__init__(
             device=device,
@@ -108,13 +134,18 @@ class KDMLEvaluator(Evaluator):
         )
         self.teacher = teacher
         self.students = list(students)
-        self.ensemble = StudentEnsemble(students) if ensemble is None else ensemble
-        if combine is None and isinstance(self.ensemble, StudentEnsemble):
-            combine = self.ensemble.fuse
-        self.combine = combine
+        self.cohorts = names if modes is not None else None
+        self.ensembles = ensembles
+        self.ensemble = ensembles[0]  # the single-mode run's deployable ensemble
+        # per cohort: its ensemble and the rule fusing its students' predictions (None: run the ensemble itself)
+        self.combines = [
+            combine if combine is not None else e.fuse if isinstance(e, StudentEnsemble) else None for e in ensembles
+        ]
+        self.combine = self.combines[0]
         self.batch_keys = list(batch_keys)
         self.inferer = SimpleInferer() if inferer is None else inferer
-        self.names = network_names(len(self.students), ensemble=False)
+        self._cohort_names = names
+        self.names = [TEACHER] + [cohort_key(c, student_name(k)) for c in names for k in range(size)]
 
     @property
     def networks(self) -> list[nn.Module]:
@@ -153,13 +184,16 @@ class KDMLEvaluator(Evaluator):
                     with engine.mode(network):
                         preds.append(engine.inferer(inputs, network, *args, **kwargs))
                 output[pred_key(name)] = preds[-1]
-            # 3. the ensemble, fused from the students' predictions when a rule is known
-            if engine.combine is not None:
-                with torch.no_grad():
-                    output[pred_key(ENSEMBLE)] = engine.combine(preds[1:])
-            else:
-                with engine.mode(engine.ensemble):
-                    output[pred_key(ENSEMBLE)] = engine.inferer(inputs, engine.ensemble, *args, **kwargs)
+            # 3. each cohort's ensemble, fused from its students' predictions when a rule is known
+            size = len(engine.students) // len(engine.ensembles)
+            for c, (cohort, ensemble) in enumerate(zip(engine._cohort_names, engine.ensembles, strict=True)):
+                key, combine = pred_key(cohort_key(cohort, ENSEMBLE)), engine.combines[c]
+                if combine is not None:
+                    with torch.no_grad():
+                        output[key] = combine(preds[1 + c * size : 1 + (c + 1) * size])
+                else:
+                    with engine.mode(ensemble):
+                        output[key] = engine.inferer(inputs, ensemble, *args, **kwargs)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output  # decollated by MONAI at MODEL_COMPLETED (ignite stores what is returned)

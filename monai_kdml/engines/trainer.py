@@ -19,10 +19,12 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
-from monai_kdml.keys import TEACHER, Mode, TeacherMode, loss_key, network_names, student_name, term_key
-from monai_kdml.losses import DistillationLoss, LossTerms
+from monai_kdml.engines.checks import check_networks, check_output_shapes, check_teacher_dtype
+from monai_kdml.engines.cohorts import detach, loss_entries, make_cohorts, pred_entries
+from monai_kdml.keys import TEACHER, Mode, TeacherMode, cohort_key, parse_cohorts
+from monai_kdml.losses import DistillationLoss
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
-from monai_kdml.networks.precision import parse_dtype, run_in_dtype
+from monai_kdml.networks.precision import run_in_dtype
 from monai_kdml.networks.teachers import TeacherEnsemble
 from monai_kdml.networks.weights import load_pretrained
 
@@ -54,6 +56,20 @@ class KDMLTrainer(Trainer):
     of the loss dict as ``<term>_<network>`` (e.g. ``kd_student_0``). Arguments not listed below follow
     :class:`monai.engines.SupervisedTrainer` in name and meaning.
 
+    **Cohorts** (``cohorts=["independent", "kd", "ml", "kdml"]``): one run trains one teacher and one cohort of ``K``
+    students per mode, on the same batches. ``students`` then lists ``len(cohorts) * K`` networks, cohort by cohort
+    (``students[c*K:(c+1)*K]`` is cohort ``c``), with their optimizers in the same order. The loss is called once per
+    cohort with that cohort's ``use_kd``/``use_ml``, so mutual learning stays within a cohort, and every key of a
+    cohort carries its prefix (:func:`monai_kdml.keys.cohort_key`): ``kd/pred`` (its ensemble; there is no plain
+    ``pred``), ``kd/pred_student_0``, ``kd/loss`` (its students' total), ``kd/loss_student_0``, ``kd/kd_student_0``.
+    As the gradients of every network come from its own objective only, each cohort trains exactly as a single-mode
+    run of its mode would, from the same initial weights and batches. A loss that draws random numbers (detection's
+    hard-negative sampler) draws them, in every cohort's call, from one seed taken per iteration from torch's global
+    generator, so all cohorts sample alike and none changes what later steps draw. ``mode`` names the cohort the
+    teacher follows: the teacher's own terms (``loss_teacher``; with ``KDMLLoss(teacher_ensemble_weight > 0)`` its
+    term towards the students' ensemble) come from that cohort's loss call, so with such a term only that cohort
+    matches its single-mode run.
+
     Args:
         teacher: the teacher network, or a :class:`~monai_kdml.networks.TeacherEnsemble` of frozen networks (whose
             mean probability is the KD target; ``teacher_mode="frozen"`` only, weights given to the ensemble).
@@ -72,6 +88,11 @@ class KDMLTrainer(Trainer):
             :func:`monai_kdml.networks.run_in_dtype`). ``None`` (default): float32.
         combine: fuses the students' predictions into ``pred``; default: mean class probability
             (:func:`monai_kdml.networks.combine_student_logits`).
+        cohorts: the modes of a cohort run (see above); ``None`` (default): one group of students trained in ``mode``.
+        student_transform: a random batch transform (e.g. :class:`monai_kdml.data.BatchAugment`) drawn afresh for each
+            student position ``k`` of every iteration: student ``k`` (of every cohort) sees its own view of the
+            prepared inputs, the teacher the inputs as prepared. It must keep what the loss compares aligned:
+            label-preserving for classification, photometric only for dense outputs (segmentation, detection).
 
     Raises:
         ValueError: at construction, for no students, an unknown ``mode``/``teacher_mode``, mutual learning with one
@@ -94,6 +115,8 @@ class KDMLTrainer(Trainer):
         teacher_checkpoint: str | Path | None = None,
         teacher_dtype: torch.dtype | str | None = None,
         combine: Callable[[list], Any] | None = None,
+        cohorts: Sequence[Mode | str] | None = None,
+        student_transform: Callable[[Any], Any] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
         prepare_batch: Callable = default_prepare_batch,
@@ -116,8 +139,9 @@ class KDMLTrainer(Trainer):
     ) -> None:
         self.mode = Mode.parse(mode, "mode")
         self.teacher_mode = TeacherMode.parse(teacher_mode, "teacher_mode")
-        _check_networks(teacher, students, student_optimizers, teacher_optimizer, self.mode, self.teacher_mode)
-        self.teacher_dtype = _check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
+        self.cohorts = make_cohorts(parse_cohorts(cohorts), self.mode, len(students))
+        check_networks(teacher, students, student_optimizers, teacher_optimizer, self.cohorts, self.teacher_mode)
+        self.teacher_dtype = check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
         is_ensemble = isinstance(unwrap_module(teacher), TeacherEnsemble)
         if is_ensemble and teacher_checkpoint is not None:
             raise ValueError(
@@ -165,6 +189,7 @@ class KDMLTrainer(Trainer):
         self.student_optimizers = list(student_optimizers)
         self.loss_function = loss_function
         self.combine = combine_student_logits if combine is None else combine
+        self.student_transform = student_transform
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.optim_set_to_none = optim_set_to_none
         self.compile = compile
@@ -174,6 +199,8 @@ class KDMLTrainer(Trainer):
             logger.info("amp=True has no effect on device %s: training in float32.", self.state.device)
         self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self._shapes_checked = False
+        device_type = self.state.device.type if self.state.device is not None else "cpu"
+        self._rng_devices = [self.state.device] if device_type == "cuda" else []
 
     @property
     def trainable_optimizers(self) -> list[Optimizer]:
@@ -188,12 +215,13 @@ class KDMLTrainer(Trainer):
         """One iteration for every network; returns ``engine.state.output`` (keys in the class docstring)."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        # 1. one batch serves every network
+        # 1. one batch serves every network (with `student_transform`, one random view of it per student position)
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         inputs, targets, args, kwargs = batch if len(batch) == 4 else (*batch, (), {})
         # networks and losses get plain tensors: MetaTensor's Python dispatch of every op cost 6-10 % of a step
         # (docs/benchmarks.md); the output keeps the MetaTensors, whose meta the metrics and writers read
         net_inputs, loss_targets = _plain(inputs), _plain(targets)
+        student_inputs = engine._student_inputs(net_inputs)
         engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
         online = engine.teacher_optimizer is not None
         for optimizer in engine.trainable_optimizers:
@@ -207,24 +235,49 @@ class KDMLTrainer(Trainer):
             with torch.set_grad_enabled(online), torch.autocast(engine.state.device.type, enabled=teacher_autocast):
                 teacher_pred = engine.inferer(net_inputs, engine.teacher, *args, **kwargs)
             student_preds = []
-            for student in engine.students:
+            for k, student in enumerate(engine.students):
                 student.train()
-                student_preds.append(engine.inferer(net_inputs, student, *args, **kwargs))
+                view = student_inputs[k % len(student_inputs)]
+                student_preds.append(engine.inferer(view, student, *args, **kwargs))
             if not engine._shapes_checked:
-                _check_output_shapes(teacher_pred, student_preds)
+                names = [name for cohort in engine.cohorts for name in cohort.names()]
+                check_output_shapes(teacher_pred, student_preds, names)
                 engine._shapes_checked = True
-            engine.state.output.update(_pred_entries(teacher_pred, student_preds))
+            engine.state.output.update(pred_entries(teacher_pred, student_preds, engine.cohorts))
             with torch.no_grad():
-                engine.state.output[CommonKeys.PRED] = engine.combine([_detach(p) for p in student_preds])
+                for cohort in engine.cohorts:  # each cohort's ensemble: `pred`, or `<mode>/pred` in a cohort run
+                    preds = student_preds[cohort.start : cohort.stop]
+                    engine.state.output[cohort_key(cohort.name, CommonKeys.PRED)] = engine.combine(
+                        [detach(p) for p in preds]
+                    )
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
 
-            # 3. the loss dict; the total is what one backward needs
-            terms = engine.loss_function(
-                student_preds, teacher_pred, loss_targets, use_kd=engine.mode.uses_kd, use_ml=engine.mode.uses_ml
-            )
-            total = terms["loss"] + terms["teacher"]["loss"] if online and "teacher" in terms else terms["loss"]
+            # 3. the loss dict of each cohort (its students learn from the labels, the teacher and each other only);
+            # the total is what one backward needs
+            # a loss may draw random numbers (detection's hard-negative sampler): every cohort's call gets the same
+            # stream, seeded by one draw per iteration, so no cohort changes what the others or later steps draw
+            seed = int(torch.randint(0, 2**62, ()).item())
+            totals, teacher_terms = [], None
+            for cohort in engine.cohorts:
+                with torch.random.fork_rng(devices=engine._rng_devices):
+                    torch.manual_seed(seed)
+                    terms = engine.loss_function(
+                        student_preds[cohort.start : cohort.stop],
+                        teacher_pred,
+                        loss_targets,
+                        use_kd=cohort.mode.uses_kd,
+                        use_ml=cohort.mode.uses_ml,
+                    )
+                totals.append(terms["loss"])
+                followed = cohort.mode == engine.mode  # the cohort whose call gives the teacher's own terms
+                teacher_terms = terms.get("teacher") if followed else teacher_terms
+                engine.state.output.update(loss_entries(terms, cohort, teacher=followed))
+            total = totals[0]
+            for value in totals[1:]:
+                total = total + value
+            if online and teacher_terms is not None:
+                total = total + teacher_terms["loss"]
             engine.state.output[CommonKeys.LOSS] = total
-            engine.state.output.update(_loss_entries(terms))
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         # 4. one backward: targets of KD/ML are detached, so each network gets exactly its own objective's gradient
@@ -238,6 +291,14 @@ class KDMLTrainer(Trainer):
         engine.state.output[CommonKeys.LOSS] = total.detach()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+    def _student_inputs(self, inputs: Any) -> list:
+        """``[inputs]``, or one fresh ``student_transform`` view per student position of a cohort."""
+        if self.student_transform is None:
+            return [inputs]
+        size = self.cohorts[0].stop - self.cohorts[0].start
+        with torch.no_grad():
+            return [self.student_transform(inputs) for _ in range(size)]
 
     def state_dict(self) -> OrderedDict:
         """Ignite's engine state (iteration, epoch, ...) plus the AMP grad scaler, so a resumed run is exact."""
@@ -253,6 +314,11 @@ class KDMLTrainer(Trainer):
             self.grad_scaler.load_state_dict(scaler_state)
 
 
+def _plain(x: Any) -> Any:
+    """A MetaTensor's data as a plain tensor (no copy); anything else as it is."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
 def load_teacher_weights(teacher: nn.Module, checkpoint: str | Path) -> None:
     """Load pre-trained teacher weights: :func:`monai_kdml.networks.load_pretrained`, strict, quoting
     ``teacher_checkpoint`` in errors.
@@ -265,126 +331,3 @@ def load_teacher_weights(teacher: nn.Module, checkpoint: str | Path) -> None:
         ValueError: the file holds no weights that fit the teacher (nothing is then loaded).
     """
     load_pretrained(teacher, checkpoint, config_key="teacher_checkpoint", name=TEACHER)
-
-
-def _check_teacher_dtype(
-    value: torch.dtype | str | None, teacher_mode: TeacherMode, device: str | torch.device
-) -> torch.dtype | None:
-    dtype = parse_dtype(value, "teacher_dtype")
-    if dtype is None or dtype == torch.float32:
-        return None
-    if teacher_mode == TeacherMode.ONLINE:
-        raise ValueError(
-            "`teacher_dtype` needs teacher_mode='frozen': an online teacher trains, use `amp=True` for mixed precision."
-        )
-    if dtype == torch.float16 and torch.device(device).type != "cuda":
-        raise ValueError(f"`teacher_dtype`='float16' runs on CUDA only (device {device}); use 'bfloat16'.")
-    return dtype
-
-
-def _check_networks(
-    teacher: nn.Module,
-    students: Sequence[nn.Module],
-    student_optimizers: Sequence[Optimizer],
-    teacher_optimizer: Optimizer | None,
-    mode: Mode,
-    teacher_mode: TeacherMode,
-) -> None:
-    """Every mistake in wiring networks and optimizers, reported at construction rather than after an epoch."""
-    if not isinstance(teacher, nn.Module):
-        raise ValueError(f"`teacher` must be an nn.Module, got {type(teacher).__name__}.")
-    if isinstance(students, nn.Module) and not isinstance(students, nn.ModuleList):
-        raise ValueError("`students` must be a sequence of networks, got a single module.")
-    if len(students) < 1:
-        raise ValueError("`students` must hold at least one network (K >= 1).")
-    if mode.uses_ml and len(students) < 2:
-        raise ValueError(f"`mode`='{mode}' uses mutual learning, which needs at least 2 `students`; got 1.")
-    modules = [unwrap_module(m) for m in (teacher, *students)]
-    for i, a in enumerate(modules):
-        for j in range(i + 1, len(modules)):
-            if a is modules[j]:
-                names = network_names(len(students), ensemble=False)
-                raise ValueError(
-                    f"`students`: {names[i]} and {names[j]} are the same module object and would share weights; "
-                    "build each network with its own constructor call."
-                )
-    if len(student_optimizers) != len(students):
-        raise ValueError(
-            f"`student_optimizers` must hold one optimizer per student: {len(student_optimizers)} for "
-            f"{len(students)} students."
-        )
-    if teacher_mode == TeacherMode.ONLINE and isinstance(unwrap_module(teacher), TeacherEnsemble):
-        raise ValueError(
-            "`teacher`: a TeacherEnsemble is frozen by design; use teacher_mode='frozen' and teacher_optimizer=None."
-        )
-    if teacher_mode == TeacherMode.ONLINE and teacher_optimizer is None:
-        raise ValueError("`teacher_optimizer` is required when `teacher_mode`='online'.")
-    if teacher_mode == TeacherMode.FROZEN and teacher_optimizer is not None:
-        raise ValueError("`teacher_optimizer` must be None when `teacher_mode`='frozen': the teacher is never updated.")
-    names = network_names(len(students), ensemble=False)
-    owners = {id(p): name for name, m in zip(names, modules, strict=True) for p in m.parameters()}
-    pairs = [(student_name(k), o) for k, o in enumerate(student_optimizers)]
-    if teacher_optimizer is not None:
-        pairs.append((TEACHER, teacher_optimizer))
-    for name, optimizer in pairs:
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if owners.get(id(p), name) != name:
-                    raise ValueError(
-                        f"the optimizer of {name} holds parameters of {owners[id(p)]}; each optimizer must update "
-                        "its own network only."
-                    )
-
-
-def _shapes(x: Any) -> Any:
-    """The nested shape structure of a network output (tensor, list/tuple or dict of them)."""
-    if isinstance(x, torch.Tensor):
-        return tuple(x.shape)
-    if isinstance(x, Mapping):
-        return {k: _shapes(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_shapes(v) for v in x]
-    return type(x).__name__
-
-
-def _check_output_shapes(teacher_pred: Any, student_preds: list) -> None:
-    expected = _shapes(teacher_pred)
-    for k, pred in enumerate(student_preds):
-        if _shapes(pred) != expected:
-            raise ValueError(
-                f"{student_name(k)} output shape {_shapes(pred)} differs from the {TEACHER}'s {expected}: "
-                "distillation needs outputs that align element for element (same classes, same spatial size)."
-            )
-
-
-def _plain(x: Any) -> Any:
-    """A MetaTensor's data as a plain tensor (no copy); anything else as it is."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
-
-
-def _detach(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.detach()
-    if isinstance(x, Mapping):
-        return {k: _detach(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_detach(v) for v in x)
-    return x
-
-
-def _pred_entries(teacher_pred: Any, student_preds: list) -> dict:
-    entries = {f"pred_{TEACHER}": _detach(teacher_pred)}
-    entries.update({f"pred_{student_name(k)}": _detach(p) for k, p in enumerate(student_preds)})
-    return entries
-
-
-def _loss_entries(terms: LossTerms) -> dict[str, torch.Tensor]:
-    """Flatten the loss dict into ``loss_<network>`` and ``<term>_<network>`` entries (detached, for logging)."""
-    entries: dict[str, torch.Tensor] = {}
-    for term, values in terms.get("students", {}).items():
-        for k, value in enumerate(values):
-            key = loss_key(student_name(k)) if term == "loss" else term_key(term, student_name(k))
-            entries[key] = value.detach()
-    for term, value in terms.get("teacher", {}).items():
-        entries[loss_key(TEACHER) if term == "loss" else term_key(term, TEACHER)] = value.detach()
-    return entries

@@ -1,7 +1,14 @@
-"""Ignite handlers: checkpoints and resume, model selection, warm-up schedules, the non-finite-loss guard, per-epoch
-seeding, progress and summaries, grouped TensorBoard curves and named output transforms."""
+"""Ignite handlers: checkpoints and resume, model selection (per cohort too), warm-up schedules, the non-finite-loss
+guard, per-epoch seeding, progress and summaries, grouped TensorBoard curves and named output transforms."""
 
 from monai_kdml.handlers.checkpoint import TrainingCheckpoint, atomic_save, remove_stale_temporaries
+from monai_kdml.handlers.cohorts import (
+    COHORTS_DIR,
+    CohortCheckpointLoader,
+    CohortModelSaver,
+    cohort_dir,
+    cohort_metric,
+)
 from monai_kdml.handlers.guards import NonFiniteLossError, NonFiniteLossGuard
 from monai_kdml.handlers.history import MetricsHistoryWriter
 from monai_kdml.handlers.outputs import loss_terms, split_loss_key, split_metric_key, total_loss
@@ -18,17 +25,20 @@ from monai_kdml.handlers.resume import (
 )
 from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, WarmupHandler
 from monai_kdml.handlers.seeding import EpochSeedHandler
-from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState
+from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState, select_best
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted
 from monai_kdml.handlers.summary import EpochSummary, RunSummary
 from monai_kdml.handlers.tensorboard import TensorBoardCurves, tag_layout
 
 __all__ = [
+    "COHORTS_DIR",
     "AttributeSetter",
     "BestModelSaver",
     "CheckpointInfo",
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "CohortCheckpointLoader",
+    "CohortModelSaver",
     "EngineLogFilter",
     "EpochSeedHandler",
     "EpochSummary",
@@ -46,12 +56,15 @@ __all__ = [
     "WarmupHandler",
     "atomic_save",
     "check_checkpoint",
+    "cohort_dir",
+    "cohort_metric",
     "find_resume_checkpoint",
     "load_checkpoint",
     "loss_terms",
     "read_checkpoint",
     "remove_stale_temporaries",
     "resume_checkpoint",
+    "select_best",
     "split_loss_key",
     "split_metric_key",
     "tag_layout",

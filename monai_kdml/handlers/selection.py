@@ -4,6 +4,7 @@ evaluator's best key metric as a stateful object for the training checkpoint."""
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,40 @@ from monai_kdml.handlers.checkpoint import atomic_save, state_tree
 if TYPE_CHECKING:
     from monai.engines import Workflow
 
-__all__ = ["BestModelSaver", "ModelSelectionState"]
+__all__ = ["BestModelSaver", "ModelSelectionState", "select_best"]
 
 logger = logging.getLogger(__name__)
+
+_BEST = "best_metrics"  # evaluator state attribute: metric -> {"value", "epoch"} of the selections by select_best
+
+
+def select_best(engine: Workflow, metric: str) -> bool:
+    """Whether the evaluator's current epoch is a new best of ``metric``, recorded in ``engine.state.best_metrics``
+    (saved and restored by :class:`ModelSelectionState`).
+
+    The same rule as MONAI's key metric: the evaluator's ``metric_cmp_fn``, the first value always a best; NaN never
+    beats a number and a number always beats NaN. Decided once per epoch and metric, so several savers may ask.
+
+    Raises:
+        KeyError: ``metric`` is not in the evaluator's metrics, naming the ones there.
+    """
+    state = engine.state
+    best: dict[str, dict[str, float]] = getattr(state, _BEST, None) or {}
+    setattr(state, _BEST, best)
+    epoch = int(state.epoch)
+    entry = best.get(metric)
+    if entry is not None and int(entry["epoch"]) == epoch:
+        return True
+    if metric not in state.metrics:
+        raise KeyError(f"model selection by '{metric}': no such metric; the evaluator has {sorted(state.metrics)}.")
+    value = float(state.metrics[metric])
+    cmp = engine.metric_cmp_fn
+    better = entry is None or (
+        not math.isnan(value) and (math.isnan(entry["value"]) or bool(cmp(value, entry["value"])))
+    )
+    if better:
+        best[metric] = {"value": value, "epoch": epoch}
+    return better
 
 
 class ModelSelectionState:
@@ -30,6 +62,9 @@ class ModelSelectionState:
     this object in the trainer's checkpoint objects (e.g. ``"model_selection"``); :class:`BestModelSaver` decides
     from the same state, so restoring it restores model selection.
 
+    It also saves the selections by other metrics that :func:`select_best` keeps in the evaluator's state (e.g. one
+    per cohort of a cohort run), under ``"metrics"`` and only when there are any.
+
     Args:
         evaluator: the MONAI evaluator with a key metric.
     """
@@ -39,13 +74,18 @@ class ModelSelectionState:
 
     def state_dict(self) -> dict[str, Any]:
         state = self.evaluator.state
-        return {
+        out: dict[str, Any] = {
             "key_metric_name": state.key_metric_name,
             "best_metric": float(state.best_metric),
             "best_metric_epoch": int(state.best_metric_epoch),
         }
+        best = getattr(state, _BEST, None)
+        if best:
+            out["metrics"] = {k: dict(v) for k, v in best.items()}
+        return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        setattr(self.evaluator.state, _BEST, {k: dict(v) for k, v in state_dict.get("metrics", {}).items()})
         name = self.evaluator.state.key_metric_name
         if state_dict.get("key_metric_name") != name:
             warnings.warn(

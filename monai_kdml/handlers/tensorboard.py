@@ -140,7 +140,9 @@ class TensorBoardCurves(TensorBoardHandler):
 def _engine_optimizers(engine: Engine) -> dict[str, Optimizer]:
     """A ``KDMLTrainer``'s optimizers by network name (the online teacher's first), or a trainer's ``optimizer``."""
     if hasattr(engine, "student_optimizers"):
-        named = {student_name(k): o for k, o in enumerate(engine.student_optimizers)}
+        cohorts = getattr(engine, "cohorts", None)
+        names = [n for c in cohorts for n in c.names()] if cohorts else None
+        named = {(names[k] if names else student_name(k)): o for k, o in enumerate(engine.student_optimizers)}
         teacher = getattr(engine, "teacher_optimizer", None)
         return {TEACHER: teacher, **named} if teacher is not None else named
     optimizer = getattr(engine, "optimizer", None)

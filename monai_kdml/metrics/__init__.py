@@ -19,7 +19,13 @@ from monai_kdml.metrics.classification import (
     classification_metrics,
     stack_output,
 )
-from monai_kdml.metrics.compression import compression_summary, compression_table, count_macs, count_parameters
+from monai_kdml.metrics.compression import (
+    compression_summary,
+    compression_table,
+    count_macs,
+    count_parameters,
+    measure_latency,
+)
 from monai_kdml.metrics.disagreement import StudentDisagreement, student_disagreement
 from monai_kdml.metrics.roc import plot_roc_curves, roc_curve_points, roc_figure
 
@@ -34,6 +40,7 @@ __all__ = [
     "compression_table",
     "count_macs",
     "count_parameters",
+    "measure_latency",
     "plot_roc_curves",
     "roc_curve_points",
     "roc_figure",

@@ -27,7 +27,7 @@ from ignite.metrics import Accuracy, Fbeta, Metric, Recall
 from monai.handlers import ROCAUC, ConfusionMatrix
 from monai.networks.utils import one_hot
 
-from monai_kdml.keys import ENSEMBLE, is_teacher_name, pred_key
+from monai_kdml.keys import ENSEMBLE, cohort_key, is_teacher_name, pred_key, split_cohort
 from monai_kdml.metrics.disagreement import StudentDisagreement
 
 __all__ = [
@@ -180,9 +180,10 @@ def classification_metrics(
 
     Per network ``<net>``: ``<net>_auc``, ``<net>_acc``, ``<net>_bacc`` (balanced accuracy), ``<net>_f1`` (of
     ``positive_class`` for two classes, macro otherwise); plus ``disagreement`` (:class:`StudentDisagreement`) when
-    there are at least two students. Patient-level AUCs are the MSI app's
-    (:func:`monai_kdml.apps.msi.patient_auc_metrics`). All values are scalars, so ``StatsHandler``,
-    ``TensorBoardStatsHandler`` and ``MetricsSaver`` log them unchanged.
+    there are at least two students. Names of a cohort run (``kd/student_0``, :func:`monai_kdml.keys.network_names`
+    with ``cohorts``) give ``kd/student_0_auc``, ... and one ``kd/disagreement`` per cohort. Patient-level AUCs are the
+    MSI app's (:func:`monai_kdml.apps.msi.patient_auc_metrics`).
+    All values are scalars, so ``StatsHandler``, ``TensorBoardStatsHandler`` and ``MetricsSaver`` log them unchanged.
 
     Args:
         network_names: e.g. ``monai_kdml.keys.network_names(K)``.
@@ -209,8 +210,13 @@ def classification_metrics(
         metrics[f"{name}_auc"] = ROCAUC(output_transform=ProbabilityOutput(key, num_classes, label_key))
         for suffix, metric in _confusion_metrics(key, num_classes, label_key, positive_class).items():
             metrics[f"{name}_{suffix}"] = metric
-    students = [name for name in network_names if name != ENSEMBLE and not is_teacher_name(name)]
-    if len(students) >= 2:
-        transform_students = StudentLogitsOutput([pred_key(name) for name in students])
-        metrics["disagreement"] = StudentDisagreement(output_transform=transform_students)
+    groups: dict[str | None, list[str]] = {}
+    for name in network_names:
+        cohort, plain = split_cohort(name)
+        if plain != ENSEMBLE and not is_teacher_name(plain):
+            groups.setdefault(cohort, []).append(name)
+    for cohort, students in groups.items():
+        if len(students) >= 2:
+            transform_students = StudentLogitsOutput([pred_key(name) for name in students])
+            metrics[cohort_key(cohort, "disagreement")] = StudentDisagreement(output_transform=transform_students)
     return metrics

@@ -8,6 +8,7 @@ normalisation are not counted), so ``MACs = FLOPs / 2``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from monai_kdml.keys import ENSEMBLE, TEACHER, network_names, student_name
 
-__all__ = ["compression_summary", "compression_table", "count_macs", "count_parameters"]
+__all__ = ["compression_summary", "compression_table", "count_macs", "count_parameters", "measure_latency"]
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
@@ -49,6 +50,42 @@ def count_macs(module: nn.Module, input_shape: Sequence[int]) -> int:
         for m, training in modes.items():
             m.train(training)
     return int(counter.get_total_flops()) // 2
+
+
+def measure_latency(
+    module: nn.Module, input_shape: Sequence[int], repeats: int = 20, warmup: int = 3, threads: int | None = None
+) -> float:
+    """Median wall time (seconds) of one eval-mode forward pass on a zero input of ``input_shape``, on the module's
+    device (CUDA synchronised), after ``warmup`` passes; ``threads`` sets torch's CPU threads for the measurement.
+
+    A latency on a shared machine is noisy: compare networks measured one after the other, in the same process.
+    """
+    param = next(iter(module.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros(tuple(int(s) for s in input_shape), device=device)
+    modes = {m: m.training for m in module.modules()}
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    module.eval()
+    times = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                module(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(old_threads)
+        for m, training in modes.items():
+            m.train(training)
+    times.sort()
+    return times[len(times) // 2]
 
 
 def compression_summary(teacher: nn.Module, students: Sequence[nn.Module], input_shape: Sequence[int]) -> dict:

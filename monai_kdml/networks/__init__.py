@@ -1,5 +1,6 @@
 """Networks: the deployable student ensemble, teachers (pretrained, lower precision, ensembles) and the presets."""
 
+from monai_kdml.networks.cohorts import cohort_copies, cohort_members
 from monai_kdml.networks.ensemble import StudentEnsemble, combine_student_logits, unwrap_module
 from monai_kdml.networks.factories import build_students, build_teacher, teacher_members
 from monai_kdml.networks.precision import parse_dtype, run_in_dtype
@@ -29,6 +30,8 @@ __all__ = [
     "build_network",
     "build_students",
     "build_teacher",
+    "cohort_copies",
+    "cohort_members",
     "combine_student_logits",
     "get_preset",
     "load_pretrained",

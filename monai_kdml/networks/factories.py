@@ -58,6 +58,7 @@ def build_students(
     weights: WeightFiles = None,
     source: WeightsSource | str = WeightsSource.STATE_DICT,
     key_map: Mapping[str, str] | None = None,
+    names: str | Sequence[str] | None = None,
 ) -> list[nn.Module]:
     """``num_students`` independently built students, each initialised from its file of ``weights``.
 
@@ -66,16 +67,27 @@ def build_students(
         num_students: ``K``.
         weights: ``None``, one file for every student, or a list of ``K`` files (``None`` entries stay random).
         source, key_map: as in :func:`build_teacher`.
+        names: a list of network names gives students of different architectures: student ``k`` is
+            ``factory(name=names[k % len(names)])`` (e.g. a bundle's ``student_def`` with ``student_network`` a
+            list). ``None`` or one name: every student is ``factory()``.
 
     Raises:
-        ValueError: a list of another length than ``num_students``, or a file that does not fit.
+        ValueError: a list of another length than ``num_students``, an empty ``names`` list, or a file that does
+            not fit.
     """
     files: list[str | Path | None] = (
         [weights] * num_students if weights is None or isinstance(weights, (str, Path)) else list(weights)
     )
     if len(files) != num_students:
         raise ValueError(f"`student_weights` lists {len(files)} files for {num_students} students (`num_students`).")
+    mixed = names is not None and not isinstance(names, str)
+    if mixed and len(names) == 0:  # type: ignore[arg-type]
+        raise ValueError("`student_network` is an empty list: name at least one network.")
+
+    def build(k: int) -> nn.Module:
+        return factory(name=names[k % len(names)]) if mixed else factory()  # type: ignore[call-arg,index,arg-type]
+
     return [
-        load_pretrained(factory(), file, source, key_map, config_key="student_weights", name=student_name(k))
+        load_pretrained(build(k), file, source, key_map, config_key="student_weights", name=student_name(k))
         for k, file in enumerate(files)
     ]

@@ -12,7 +12,8 @@ import ignite.distributed as idist
 from ignite.engine import Events
 
 from monai_kdml.apps.msi.patients import PATIENT_KEY, PatientScoreOutput, patient_level_scores
-from monai_kdml.keys import pred_key
+from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
+from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
 from monai_kdml.metrics import compression_table, plot_roc_curves
 from monai_kdml.metrics.classification import class_indices
 
@@ -34,8 +35,9 @@ class ClassificationReport:
     - ``patient_scores.csv``: the mean probability per patient for each network (the clinical end point);
     - ``roc_tiles.png`` and ``roc_patients.png``: ROC curves (positive class vs the rest) of the ensemble, the
       teacher and each student;
-    - ``summary.md``: the metrics table (from ``engine.state.metrics``), the students' disagreement and the
-      compression figures (parameters and MACs, teacher vs ensemble).
+    - ``summary.md``: the metrics table (from ``engine.state.metrics``), the students' disagreement, the
+      compression figures (parameters and MACs, teacher vs ensemble) and, given the training's ``history``, whether
+      each ensemble beat its best single student on validation (is the ensemble worth deploying?).
 
     Args:
         output_dir: folder for the files.
@@ -46,7 +48,9 @@ class ClassificationReport:
         patient_key: output key of the patient ids (``KDMLEvaluator(batch_keys=[patient_key])``).
         compression: a :func:`monai_kdml.metrics.compression_summary` dict, or ``None``.
         title: first heading of ``summary.md``.
-        classes: names of class 0 and class 1 in the ROC plots.
+        history: the training's ``metrics_history.csv`` (:class:`~monai_kdml.handlers.MetricsHistoryWriter`), or
+            ``None``; a missing file leaves the validation verdict out.
+        history_metric: the metric suffix the verdict compares (``"auc"``).
     """
 
     def __init__(
@@ -59,6 +63,8 @@ class ClassificationReport:
         compression: Mapping[str, Any] | None = None,
         title: str = "Evaluation",
         class_names: Sequence[str] | None = None,
+        history: str | Path | None = None,
+        history_metric: str = "auc",
     ) -> None:
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"`class_names` has {len(class_names)} names for `num_classes`={num_classes}.")
@@ -73,6 +79,7 @@ class ClassificationReport:
         }
         self.compression = compression
         self.title = title
+        self.history, self.history_metric = (None if history is None else Path(history)), history_metric
         self._rows: dict[str, list] = {}
 
     def attach(self, engine: Engine) -> None:
@@ -151,12 +158,27 @@ class ClassificationReport:
         for name in self.names:
             values = [metrics.get(f"{name}_{c}") for c in _COLUMNS]
             lines.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{float(v):.3f}" for v in values) + " |")
-        if "disagreement" in metrics:
-            lines += ["", f"Students' disagreement (mean total variation to their mean): {metrics['disagreement']:.4f}"]
+        for key in [k for k in metrics if split_cohort(k)[1] == "disagreement"]:
+            lines += ["", f"Students' disagreement{_of(key)} (mean total variation to their mean): {metrics[key]:.4f}"]
         if self.compression is not None:
             lines += ["", "## Compression", "", compression_table(dict(self.compression))]
+        lines += ["", *self._verdict()]
         lines += ["", "ROC curves: `roc_tiles.png`, `roc_patients.png`; `tile_scores.csv`, `patient_scores.csv`."]
         return "\n".join(lines) + "\n"
+
+    def _verdict(self) -> list[str]:
+        if self.history is None:
+            return []
+        with_ensemble = {c for c, n in map(split_cohort, self.names) if n == ENSEMBLE}
+        cohorts = [c for c in dict.fromkeys(split_cohort(n)[0] for n in self.names) if c in with_ensemble and c] or None
+        students = sum(1 for n in self.names if split_cohort(n)[1].startswith("student_")) // len(cohorts or [None])
+        results = ensemble_vs_best_student(read_history(self.history), self.history_metric, cohorts)
+        return ensemble_verdict_lines(results, self.history_metric.upper(), students)
+
+
+def _of(key: str) -> str:
+    cohort = split_cohort(key)[0]
+    return "" if cohort is None else f" ({cohort})"
 
 
 def _gather(values: list) -> list:

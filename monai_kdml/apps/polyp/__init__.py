@@ -20,6 +20,13 @@ from monai_kdml.apps.polyp.ensemble import (
     fuse_detections,
     weighted_box_fusion,
 )
+from monai_kdml.apps.polyp.evaluation import (
+    FRAME_DETECTIONS,
+    FrameDetectionsWriter,
+    cohort_fusion,
+    frame_matches,
+    read_frame_detections,
+)
 from monai_kdml.apps.polyp.gt_loss import AnchorMatch, RetinaNetGTLoss
 from monai_kdml.apps.polyp.handlers import (
     DecollateDetections,
@@ -63,6 +70,7 @@ from monai_kdml.apps.polyp.transforms import (
 
 __all__ = [
     "BACKBONES",
+    "FRAME_DETECTIONS",
     "PRESETS",
     "AnchorMatch",
     "DecollateDetections",
@@ -74,6 +82,7 @@ __all__ = [
     "DetectionPreset",
     "DetectionSummaryWriter",
     "DetectorSpec",
+    "FrameDetectionsWriter",
     "FrameLayout",
     "FuseDetectionsd",
     "NetworkConfig",
@@ -89,6 +98,7 @@ __all__ = [
     "build_retinanet",
     "check_anchor_alignment",
     "check_frame_size",
+    "cohort_fusion",
     "decollate_detections",
     "detection_collate",
     "detection_metrics",
@@ -98,6 +108,7 @@ __all__ = [
     "draw_boxes",
     "ensure_polyp_demo",
     "evaluation_split",
+    "frame_matches",
     "fuse_detections",
     "get_preset",
     "kvasir_datalist",
@@ -110,6 +121,7 @@ __all__ = [
     "prepare_polyp_datalists",
     "preset_from_dict",
     "preset_to_dict",
+    "read_frame_detections",
     "sigmoid_distillation",
     "sigmoid_kl_div",
     "split_by_id",

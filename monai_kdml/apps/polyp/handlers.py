@@ -35,7 +35,8 @@ from monai_kdml.apps.polyp.drawing import GT_COLOUR, draw_boxes, frame_image, la
 from monai_kdml.apps.polyp.ensemble import fuse_detections
 from monai_kdml.apps.polyp.transforms import box_to_original
 from monai_kdml.data.images import to_rgb
-from monai_kdml.keys import ENSEMBLE, pred_key
+from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
+from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -334,6 +335,8 @@ class DetectionSummaryWriter:
         metrics: metric suffixes (columns); default :data:`SUMMARY_METRICS`.
         title: a heading line for the markdown file.
         compression: a :func:`monai_kdml.metrics.compression_summary` (``<network>_params``, ``<network>_macs``).
+        history: the training's ``metrics_history.csv``: adds whether each ensemble beat its best single student on
+            validation (mAP); ``None`` or a missing file leaves it out.
     """
 
     def __init__(
@@ -343,11 +346,12 @@ class DetectionSummaryWriter:
         metrics: Sequence[str] = SUMMARY_METRICS,
         title: str | None = None,
         compression: Mapping[str, float] | None = None,
+        history: str | Path | None = None,
     ) -> None:
         if not networks or not metrics:
             raise ValueError("DetectionSummaryWriter needs at least one network and one metric.")
         self.output_dir, self.networks, self.metrics = Path(output_dir), list(networks), list(metrics)
-        self.title, self.compression = title, compression
+        self.title, self.compression, self.history = title, compression, history
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
@@ -359,7 +363,8 @@ class DetectionSummaryWriter:
         for network in self.networks:
             row = [network, *[_fmt(results.get(f"{network}_{metric}")) for metric in self.metrics]]
             if self.compression is not None:
-                name = network if f"{network}_params" in self.compression else ENSEMBLE
+                base = split_cohort(network)[1]  # a cohort's networks cost what a single run's do
+                name = base if f"{base}_params" in self.compression else ENSEMBLE
                 params, macs = self.compression[f"{name}_params"], self.compression[f"{name}_macs"]
                 row += [f"{params / 1e6:.3f}", f"{macs / 1e9:.3f}"]
             rows.append(row)
@@ -375,6 +380,11 @@ class DetectionSummaryWriter:
         lines = [f"# {self.title}", ""] if self.title else []
         lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+        if self.history is not None:
+            cohorts = [c for c in dict.fromkeys(split_cohort(n)[0] for n in self.networks) if c is not None] or None
+            students = sum(split_cohort(n)[1].startswith("student_") for n in self.networks) // len(cohorts or [0])
+            verdict = ensemble_vs_best_student(read_history(self.history), "map", cohorts)
+            lines += ["", *ensemble_verdict_lines(verdict, "mAP", students)]
         (self.output_dir / "summary.md").write_text("\n".join(lines) + "\n")
         logger.info("Detection summary (%s):\n%s", self.output_dir / "summary.md", "\n".join(lines))
 

@@ -200,6 +200,17 @@ class DetectionMetrics(Metric):
         matches = [m for rank_matches in gathered for m in rank_matches]  # one list per rank
         if not matches:
             raise NotComputableError("DetectionMetrics must have at least one image before it can be computed.")
+        return self.values(matches)
+
+    @property
+    def matches(self) -> list[dict[int, dict[str, np.ndarray]]]:
+        """The per-image matchings recorded on this rank since the last ``reset`` (one dict per image, by class)."""
+        return self._matches
+
+    def values(self, matches: Sequence[dict[int, dict[str, np.ndarray]]]) -> dict[str, float]:
+        """The published values over any list of per-image matchings, e.g. a bootstrap resample of :attr:`matches`
+        (an image drawn twice counts twice)."""
+        matches = list(matches)
         num_targets = int(sum(np.count_nonzero(r["gtIgnore"] == 0) for m in matches for r in m.values()))
         if num_targets == 0:
             logger.warning(

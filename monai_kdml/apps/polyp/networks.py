@@ -253,9 +253,11 @@ class DetectionPreset:
         """A fresh (random) teacher."""
         return build_retinanet(self.spec, **vars(self.teacher))
 
-    def build_student(self) -> RetinaNet:
-        """A fresh (random) student."""
-        return build_retinanet(self.spec, **vars(self.student))
+    def build_student(self, name: str | None = None) -> RetinaNet:
+        """A fresh (random) student; ``name`` swaps its backbone (one of :data:`BACKBONES`) at the preset's pyramid
+        and width, e.g. for students of different architectures in one ensemble (``build_students(..., names=)``)."""
+        config = self.student if name is None else dataclasses.replace(self.student, backbone=name)
+        return build_retinanet(self.spec, **vars(config))
 
     def build_students(self, num_students: int) -> list[RetinaNet]:
         """``num_students`` independently initialised students."""

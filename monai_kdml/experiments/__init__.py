@@ -1,0 +1,8 @@
+"""Experiments over the bundles: the KD + ML ablation (grid runner, run and grid summaries, statistics).
+
+Run from the repository root: ``python -m monai_kdml.experiments.ablation --help``.
+"""
+
+from monai_kdml.experiments.stats import bootstrap, mean_std, paired_differences, percentile_interval, roc_auc
+
+__all__ = ["bootstrap", "mean_std", "paired_differences", "percentile_interval", "roc_auc"]
