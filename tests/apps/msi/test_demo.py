@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import re
@@ -128,3 +130,11 @@ def test_stale_temp_folder_of_a_dead_process_is_removed(tmp_path: Path):
     (stale / "CRC_DX_TRAIN").mkdir(parents=True)
     ensure_msi_demo(tmp_path, **TINY)
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("function", [make_msi_demo, ensure_msi_demo])
+def test_generator_defaults_are_those_of_the_config(function):
+    # the parameters are spelt out for readable signatures; their defaults must stay MSIDemoConfig's
+    parameters = inspect.signature(function).parameters
+    fields = {f.name: f.default for f in dataclasses.fields(msi_demo.MSIDemoConfig)}
+    assert {name: parameters[name].default for name in fields} == fields
