@@ -12,6 +12,7 @@ from monai_kdml.apps.polyp.datalists import (
     evaluation_split,
     polyp_inference_datalist,
     prepare_polyp_datalists,
+    split_by_id,
 )
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
 from monai_kdml.apps.polyp.ensemble import (
@@ -38,7 +39,7 @@ from monai_kdml.apps.polyp.handlers import (
     draw_boxes,
 )
 from monai_kdml.apps.polyp.inference import RetinaNetInferer
-from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_datalist, kvasir_preflight, split_by_id
+from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_datalist, kvasir_preflight
 from monai_kdml.apps.polyp.losses import (
     DetectionKDMLLoss,
     box_distillation,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,18 @@ from typing import Any
 import numpy as np
 
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
-from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_preflight, require_frames, split_by_id
+from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_preflight, require_frames
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
 from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageFileError, inspect_image, is_image_file
 
-__all__ = ["PolypDatalists", "evaluation_split", "frame_ids", "polyp_inference_datalist", "prepare_polyp_datalists"]
+__all__ = [
+    "PolypDatalists",
+    "evaluation_split",
+    "frame_ids",
+    "polyp_inference_datalist",
+    "prepare_polyp_datalists",
+    "split_by_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -254,3 +262,43 @@ def _demo_frames(cache_dir: str | Path | None, num_images: int) -> Path:
     if len(_frame_paths(folder / "images", False)) != num_images:
         make_polyp_demo(folder, num_images, image_size=288, seed=12345)  # a seed the training demo never uses
     return folder / "images"
+
+
+def split_by_id(
+    datalist: Sequence[dict[str, Any]], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Seeded train/val/test split by image id, independent of the input order.
+
+    Ids are sorted, shuffled with ``numpy.random.default_rng(seed)``; the first ``round(test_fraction * n)`` go to
+    test, the next ``round(val_fraction * n)`` to val, the rest to train. Items sharing an id stay together;
+    each part is sorted by id.
+
+    Args:
+        datalist: items with an ``"id"`` key.
+        val_fraction: share of ids for validation, in [0, 1).
+        test_fraction: share of ids for testing, in [0, 1).
+        seed: shuffling seed.
+
+    Returns:
+        ``(train, val, test)``.
+
+    Raises:
+        ValueError: a fraction outside [0, 1), fractions leaving no training id, or an item without ``"id"``.
+    """
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value}")
+    if any("id" not in item for item in datalist):
+        raise ValueError("split_by_id: every datalist item needs an 'id' key")
+    ids = sorted({str(item["id"]) for item in datalist})
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n_test, n_val = round(test_fraction * len(ids)), round(val_fraction * len(ids))
+    if n_test + n_val >= len(ids):
+        raise ValueError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training image of {len(ids)}"
+        )
+    part = {i: 2 for i in order[:n_test]} | {i: 1 for i in order[n_test : n_test + n_val]}
+    splits: tuple[list, list, list] = ([], [], [])
+    for item in sorted(datalist, key=lambda item: str(item["id"])):
+        splits[part.get(str(item["id"]), 0)].append(item)
+    return splits

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ from monai_kdml.data.images import (
     to_rgb,
 )
 
-__all__ = ["FrameLayout", "PreflightReport", "kvasir_datalist", "kvasir_preflight", "require_frames", "split_by_id"]
+__all__ = ["FrameLayout", "PreflightReport", "kvasir_datalist", "kvasir_preflight", "require_frames"]
 
 logger = logging.getLogger(__name__)
 
@@ -361,43 +360,3 @@ def require_frames(
             f"{report.summary()}"
         )
     return datalist
-
-
-def split_by_id(
-    datalist: Sequence[dict[str, Any]], val_fraction: float = 0.1, test_fraction: float = 0.1, seed: int = 0
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Seeded train/val/test split by image id, independent of the input order.
-
-    Ids are sorted, shuffled with ``numpy.random.default_rng(seed)``; the first ``round(test_fraction * n)`` go to
-    test, the next ``round(val_fraction * n)`` to val, the rest to train. Items sharing an id stay together;
-    each part is sorted by id.
-
-    Args:
-        datalist: items with an ``"id"`` key.
-        val_fraction: share of ids for validation, in [0, 1).
-        test_fraction: share of ids for testing, in [0, 1).
-        seed: shuffling seed.
-
-    Returns:
-        ``(train, val, test)``.
-
-    Raises:
-        ValueError: a fraction outside [0, 1), fractions leaving no training id, or an item without ``"id"``.
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{name} must be in [0, 1), got {value}")
-    if any("id" not in item for item in datalist):
-        raise ValueError("split_by_id: every datalist item needs an 'id' key")
-    ids = sorted({str(item["id"]) for item in datalist})
-    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    n_test, n_val = round(test_fraction * len(ids)), round(val_fraction * len(ids))
-    if n_test + n_val >= len(ids):
-        raise ValueError(
-            f"val_fraction={val_fraction} and test_fraction={test_fraction} leave no training image of {len(ids)}"
-        )
-    part = {i: 2 for i in order[:n_test]} | {i: 1 for i in order[n_test : n_test + n_val]}
-    splits: tuple[list, list, list] = ([], [], [])
-    for item in sorted(datalist, key=lambda item: str(item["id"])):
-        splits[part.get(str(item["id"]), 0)].append(item)
-    return splits

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from monai_kdml.apps.polyp.datalists import split_by_id
 from monai_kdml.apps.polyp.demo import make_polyp_demo
-from monai_kdml.apps.polyp.kvasir import FrameLayout, kvasir_datalist, kvasir_preflight, split_by_id
+from monai_kdml.apps.polyp.kvasir import FrameLayout, kvasir_datalist, kvasir_preflight
 
 NAMES = [f"demo_{i:04d}" for i in range(4)]
 
