@@ -138,7 +138,7 @@ def drive(spec: dict) -> dict:
         result: dict[str, Any] = {"seed": seed, "reference_status": status, "reference_s": round(duration, 2)}
         kills = during_write = resumes = 0
         failures, damaged, regressions, newest_seen = [], [], [], -1
-        attempt = 0
+        attempt = restarts = 0
         while kills < spec["kills_per_seed"]:
             resume = attempt > 0
             resumes += resume
@@ -166,8 +166,10 @@ def drive(spec: dict) -> dict:
             if killed:
                 kills += 1
             elif status == 0:
-                # finished before the kill came: start over in a fresh folder so every kill still counts
-                run_dir = root / f"seed{seed}" / f"killed{attempt}"
+                # finished before the kill came: start over in a fresh folder so every kill still counts (named by
+                # the restart, never reused: a folder holding a finished run refuses a fresh start)
+                restarts += 1
+                run_dir = root / f"seed{seed}" / f"killed{restarts}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 attempt, newest_seen = 0, -1
                 continue
