@@ -388,3 +388,17 @@ class TestAmpDtype:
         )  # fmt: skip
         evaluator.run()
         assert not evaluator.amp and evaluator.state.output["pred"].dtype == torch.float32
+
+
+def test_bundle_switches_read_fire_strings_and_name_bad_values() -> None:
+    from monai_kdml.bundle import check_options, flag
+
+    # python-fire passes `--amp false` on as the string "false", which would count as set
+    assert flag("false", "amp") is False and flag("True", "amp") is True and flag(False, "amp") is False
+    with pytest.raises(ValueError, match="`compile` must be true or false, got 'yes'"):
+        check_options(compile="yes")
+    with pytest.raises(ValueError, match=r"`amp_dtype` must be one of \['auto', 'bfloat16', 'float16'\]"):
+        check_options(amp_dtype="float8")
+    with pytest.raises(ValueError, match="`persistent_workers` keeps DataLoader worker processes"):
+        check_options(persistent_workers="true", num_workers=0)
+    check_options(amp=True, amp_dtype="bfloat16", channels_last="true", persistent_workers=True, num_workers=2)
