@@ -28,6 +28,7 @@ from monai.bundle import ConfigParser
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 from monai_kdml.commands import bundle_command
+from monai_kdml.engines.fast import AMP_DTYPES
 from monai_kdml.keys import Mode, TeacherMode, parse_cohorts
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "check_against_record",
     "check_cli_overrides",
     "check_options",
+    "flag",
     "pick_metric",
     "prepare_run_folder",
     "read_record",
@@ -149,6 +151,22 @@ def _summarise_errors_at_exit() -> None:
 _NON_NEGATIVE = ("weight_decay", "warmup_epochs", "ce_weight", "gt_weight", "kd_weight", "ml_weight", "num_workers")
 _POSITIVE = ("learning_rate", "temperature")
 _AT_LEAST_ONE = ("max_epochs", "batch_size", "val_interval", "num_students")
+# switches the bundles pass through `flag`: python-fire hands `--amp false` over as the (truthy) string "false"
+_BOOLEANS = ("amp", "channels_last", "compile", "pin_memory", "persistent_workers", "non_blocking")
+
+
+def flag(value: Any, key: str) -> bool:
+    """A bundle switch as a bool: ``True``/``False``, or the strings ``"true"``/``"false"`` (any case) that
+    python-fire passes on for ``--key true`` (as a string, ``"false"`` would count as set).
+
+    Raises:
+        ValueError: anything else, naming ``key``.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"`{key}` must be true or false, got {value!r}.")
 
 
 def check_options(**options: Any) -> None:
@@ -157,7 +175,10 @@ def check_options(**options: Any) -> None:
     Known keys (each optional): ``mode``, ``cohorts``, ``teacher_mode``, ``num_students``, ``max_epochs``,
     ``batch_size``, ``val_interval``, ``learning_rate``, ``temperature``, ``weight_decay``, ``warmup_epochs``,
     ``ce_weight``, ``gt_weight``, ``kd_weight``, ``ml_weight``, ``teacher_ensemble_weight``, ``num_workers``,
-    ``dataset_dir``, ``teacher_weights``, ``student_weights``. Other keys are an error (a typo in a bundle).
+    ``dataset_dir``, ``teacher_weights``, ``student_weights``, and the fast paths: ``amp``, ``amp_dtype``
+    (``"auto"``, ``"bfloat16"`` or ``"float16"``), ``channels_last``, ``compile``, ``pin_memory``,
+    ``persistent_workers`` (needs ``num_workers`` > 0), ``non_blocking`` (booleans). Other keys are an error (a typo
+    in a bundle).
 
     Raises:
         ValueError: e.g. "`kd_weight` must be a finite number >= 0, got -5".
@@ -174,6 +195,11 @@ def check_options(**options: Any) -> None:
             parse_cohorts(value, "cohorts")
         elif key == "teacher_mode":
             TeacherMode.parse(value, "teacher_mode")
+        elif key in _BOOLEANS:
+            flag(value, key)
+        elif key == "amp_dtype":
+            if not isinstance(value, str) or value.lower() not in AMP_DTYPES:
+                raise ValueError(f"`amp_dtype` must be one of {list(AMP_DTYPES)}, got {value!r}.")
         elif key == "dataset_dir":
             if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value).strip()):
                 raise ValueError(
@@ -196,6 +222,11 @@ def check_options(**options: Any) -> None:
         raise ValueError(
             f"`mode`='{mode}' must be one of `cohorts` {[str(m) for m in cohorts]}: in a cohort run it names the "
             "cohort deployed as models/model.pt and the one the teacher follows (with teacher_ensemble_weight > 0)."
+        )
+    if flag(options.get("persistent_workers", False), "persistent_workers") and not options.get("num_workers", 0):
+        raise ValueError(
+            "`persistent_workers` keeps DataLoader worker processes between epochs and needs `num_workers` > 0 "
+            f"(got {options.get('num_workers', 0)!r}); set `--persistent_workers false` or give workers."
         )
     frozen = TeacherMode.parse(options.get("teacher_mode", "online")) == TeacherMode.FROZEN
     teacher_weights = options.get("teacher_weights", "given")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from monai_kdml.engines.checks import check_networks, check_output_shapes, check_teacher_dtype
 from monai_kdml.engines.cohorts import detach, loss_entries, make_cohorts, pred_entries
+from monai_kdml.engines.fast import channels_last_input, needs_grad_scaler, resolve_amp, to_channels_last
 from monai_kdml.keys import TEACHER, Mode, TeacherMode, cohort_key, parse_cohorts
 from monai_kdml.losses import DistillationLoss
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
@@ -93,11 +94,24 @@ class KDMLTrainer(Trainer):
             student position ``k`` of every iteration: student ``k`` (of every cohort) sees its own view of the
             prepared inputs, the teacher the inputs as prepared. It must keep what the loss compares aligned:
             label-preserving for classification, photometric only for dense outputs (segmentation, detection).
+        amp: mixed precision (``torch.autocast``) on CUDA; ignored, with one log line, on other devices (CPU
+            autocast is slower than float32 on most CPUs).
+        amp_dtype: the autocast dtype: ``"auto"`` (default: ``amp_kwargs["dtype"]`` if given, else bfloat16 where the
+            GPU supports it natively, else float16), ``"bfloat16"`` or ``"float16"``. The grad scaler is enabled for
+            float16 only (see :func:`monai_kdml.engines.fast.resolve_amp`).
+        channels_last: convert the networks' weights once to ``torch.channels_last`` (``channels_last_3d`` for 3-D
+            networks) and every batch's inputs in each iteration; faster convolutions on tensor-core GPUs, same
+            values.
+        non_blocking: asynchronous host-to-device copies of the batch (with a ``pin_memory`` DataLoader on CUDA).
+        compile: wrap the teacher and each student in ``torch.compile`` (with ``compile_kwargs``), after
+            ``channels_last``; checkpoints keep the plain modules' weights.
 
     Raises:
         ValueError: at construction, for no students, an unknown ``mode``/``teacher_mode``, mutual learning with one
             student, a missing teacher optimizer or checkpoint, students/optimizers that do not pair up, an online
-            teacher ensemble, or a ``teacher_dtype`` on an online teacher (or float16 off CUDA).
+            teacher ensemble, a ``teacher_dtype`` on an online teacher (or float16 off CUDA), an ``amp_dtype``
+            other than ``"auto"``, ``"bfloat16"`` or ``"float16"`` (or contradicting ``amp_kwargs``), or
+            ``channels_last`` for a network mixing 2-D and 3-D convolutions.
     """
 
     def __init__(
@@ -128,6 +142,8 @@ class KDMLTrainer(Trainer):
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
         amp: bool = False,
+        amp_dtype: torch.dtype | str | None = "auto",
+        channels_last: bool = False,
         event_names: list[str | EventEnum | type[EventEnum]] | None = None,
         event_to_attr: dict | None = None,
         decollate: bool = True,
@@ -159,6 +175,11 @@ class KDMLTrainer(Trainer):
                     run_in_dtype(network, self.teacher_dtype)
         elif teacher_checkpoint is not None:
             load_teacher_weights(teacher, teacher_checkpoint)  # online teacher warm-started from a checkpoint
+        # the autocast dtype goes to MONAI's amp_kwargs (torch.autocast's arguments), which every autocast here reads
+        use_amp, amp_kwargs = resolve_amp(amp, amp_dtype, amp_kwargs, torch.device(device))
+        if channels_last:  # before compile, so the compiled graphs see the final layout
+            names = [TEACHER] + [name for cohort in self.cohorts for name in cohort.names()]
+            to_channels_last([teacher, *students], names)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -193,11 +214,14 @@ class KDMLTrainer(Trainer):
         self.inferer = SimpleInferer() if inferer is None else inferer
         self.optim_set_to_none = optim_set_to_none
         self.compile = compile
+        self.channels_last = channels_last
         # one autocast/scaler path for every device: both are no-ops unless AMP runs on CUDA
-        self.use_amp = bool(amp) and self.state.device is not None and self.state.device.type == "cuda"
+        self.use_amp = use_amp
         if amp and not self.use_amp:
             logger.info("amp=True has no effect on device %s: training in float32.", self.state.device)
-        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype: torch.dtype | None = self.amp_kwargs.get("dtype") if use_amp else None
+        # float16 only: bfloat16 needs no loss scaling, and a disabled scaler's step is a plain optimizer step
+        self.grad_scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(use_amp, self.amp_kwargs))
         self._shapes_checked = False
         device_type = self.state.device.type if self.state.device is not None else "cpu"
         self._rng_devices = [self.state.device] if device_type == "cuda" else []
@@ -221,6 +245,8 @@ class KDMLTrainer(Trainer):
         # networks and losses get plain tensors: MetaTensor's Python dispatch of every op cost 6-10 % of a step
         # (docs/benchmarks.md); the output keeps the MetaTensors, whose meta the metrics and writers read
         net_inputs, loss_targets = _plain(inputs), _plain(targets)
+        if engine.channels_last:  # the inputs only: MONAI's to_kwargs would convert the labels too, which are not 4-D
+            net_inputs = channels_last_input(net_inputs)
         student_inputs = engine._student_inputs(net_inputs)
         engine.state.output = {CommonKeys.IMAGE: inputs, CommonKeys.LABEL: targets}
         online = engine.teacher_optimizer is not None
@@ -232,7 +258,8 @@ class KDMLTrainer(Trainer):
             engine.teacher.train(online)
             # a teacher in its own dtype runs outside autocast, which would recast its bfloat16 weights
             teacher_autocast = engine.use_amp and engine.teacher_dtype is None
-            with torch.set_grad_enabled(online), torch.autocast(engine.state.device.type, enabled=teacher_autocast):
+            teacher_cast = torch.autocast(engine.state.device.type, enabled=teacher_autocast, **engine.amp_kwargs)
+            with torch.set_grad_enabled(online), teacher_cast:
                 teacher_pred = engine.inferer(net_inputs, engine.teacher, *args, **kwargs)
             student_preds = []
             for k, student in enumerate(engine.students):

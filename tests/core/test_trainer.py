@@ -293,3 +293,112 @@ def test_compile_wraps_networks_and_ensemble_unwraps_them(toy) -> None:
 
     ensemble = StudentEnsemble(trainer.students)
     assert all(a is b for a, b in zip(ensemble.students, students, strict=True))  # plain modules, loadable anywhere
+
+
+def tiny_resnet(seed: int) -> nn.Module:
+    from monai.networks.nets import ResNet
+
+    torch.manual_seed(seed)
+    return ResNet("basic", [1, 1, 1, 1], [4, 4, 8, 8], spatial_dims=2, n_input_channels=3, num_classes=2)
+
+
+def test_channels_last_gives_the_same_losses_and_converts_networks_and_inputs(toy) -> None:
+    """The memory format changes where values live, not what is computed: two iterations of a tiny ResNet teacher
+    and students give the same losses (to float tolerance), with the weights and the inputs in channels_last."""
+    losses: dict[bool, torch.Tensor] = {}
+    # three channels: a one-channel tensor is contiguous in both layouts, which would prove nothing
+    rgb = [{"image": d["image"].repeat(3, 1, 1), "label": d["label"]} for d in toy.BlobDataset(16)]
+    for channels_last in (False, True):
+        layouts: list[bool] = []
+        teacher, students = tiny_resnet(0), [tiny_resnet(1), tiny_resnet(2)]
+        trainer = make_trainer(
+            toy,
+            teacher=teacher,
+            students=students,
+            channels_last=channels_last,
+            train_data_loader=torch.utils.data.DataLoader(rgb, batch_size=8),
+        )
+        record = lambda _m, args, out=layouts: out.append(args[0].is_contiguous(memory_format=torch.channels_last))  # noqa: E731
+        teacher.register_forward_pre_hook(record)
+        seen: list[float] = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e, out=seen: out.append(e.state.output[0]["loss"]))
+        trainer.run()
+        losses[channels_last] = torch.tensor(seen)
+        conv = next(m for m in teacher.modules() if isinstance(m, nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert layouts == [channels_last] * 2
+    assert len(losses[True]) == 2
+    assert torch.allclose(losses[False], losses[True], rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_refuses_a_network_mixing_2d_and_3d_convolutions(toy) -> None:
+    mixed = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Conv3d(2, 2, 1))
+    with pytest.raises(ValueError, match="`channels_last`: student_0 has both 2-D"):
+        make_trainer(toy, students=[mixed, toy.tiny_net(4, seed=2)], channels_last=True)
+
+
+class TestAmpDtype:
+    """The autocast dtype and the grad scaler, decided without a GPU (:func:`resolve_amp` is what the engines call)."""
+
+    cuda = torch.device("cuda")
+
+    @pytest.mark.parametrize(
+        ("amp_dtype", "expected", "scaler"),
+        [("float16", torch.float16, True), ("fp16", torch.float16, True), ("bfloat16", torch.bfloat16, False)],
+    )
+    def test_scaler_only_for_float16(self, amp_dtype, expected, scaler) -> None:
+        from monai_kdml.engines.fast import needs_grad_scaler, resolve_amp
+
+        use_amp, kwargs = resolve_amp(True, amp_dtype, None, self.cuda)
+        assert use_amp and kwargs == {"dtype": expected}
+        assert needs_grad_scaler(use_amp, kwargs) is scaler
+
+    @pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+    def test_auto_is_bfloat16_where_supported(self, monkeypatch, bf16, expected) -> None:
+        from monai_kdml.engines.fast import resolve_amp
+
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
+        assert resolve_amp(True, "auto", None, self.cuda) == (True, {"dtype": expected})
+        # an explicit amp_kwargs dtype (MONAI's own way) is kept under "auto"
+        assert resolve_amp(True, "auto", {"dtype": torch.float16}, self.cuda)[1]["dtype"] == torch.float16
+
+    def test_cpu_ignores_amp_and_its_dtype(self) -> None:
+        from monai_kdml.engines.fast import needs_grad_scaler, resolve_amp
+
+        use_amp, kwargs = resolve_amp(True, "bfloat16", None, torch.device("cpu"))
+        assert not use_amp and kwargs == {} and not needs_grad_scaler(use_amp, kwargs)
+
+    @pytest.mark.parametrize("bad", ["float8", "float32", 3])
+    def test_bad_dtype_is_named(self, toy, bad) -> None:
+        with pytest.raises(ValueError, match="`amp_dtype`"):
+            make_trainer(toy, amp=True, amp_dtype=bad)
+
+    def test_contradicting_amp_kwargs(self) -> None:
+        from monai_kdml.engines.fast import resolve_amp
+
+        with pytest.raises(ValueError, match="contradicts `amp_kwargs`"):
+            resolve_amp(True, "bfloat16", {"dtype": torch.float16}, self.cuda)
+
+    def test_trainer_on_cpu_keeps_the_scaler_off_and_evaluator_accepts_the_options(self, toy) -> None:
+        trainer = make_trainer(toy, amp=True, amp_dtype="float16", train_data_loader=toy.loader(8, 8))
+        assert not trainer.use_amp and trainer.amp_dtype is None and not trainer.grad_scaler.is_enabled()
+        evaluator = KDMLEvaluator(
+            "cpu", toy.loader(8, 8), trainer.teacher, trainer.students, amp=True, amp_dtype="bfloat16",
+            channels_last=True, decollate=False,
+        )  # fmt: skip
+        evaluator.run()
+        assert not evaluator.amp and evaluator.state.output["pred"].dtype == torch.float32
+
+
+def test_bundle_switches_read_fire_strings_and_name_bad_values() -> None:
+    from monai_kdml.bundle import check_options, flag
+
+    # python-fire passes `--amp false` on as the string "false", which would count as set
+    assert flag("false", "amp") is False and flag("True", "amp") is True and flag(False, "amp") is False
+    with pytest.raises(ValueError, match="`compile` must be true or false, got 'yes'"):
+        check_options(compile="yes")
+    with pytest.raises(ValueError, match=r"`amp_dtype` must be one of \['auto', 'bfloat16', 'float16'\]"):
+        check_options(amp_dtype="float8")
+    with pytest.raises(ValueError, match="`persistent_workers` keeps DataLoader worker processes"):
+        check_options(persistent_workers="true", num_workers=0)
+    check_options(amp=True, amp_dtype="bfloat16", channels_last="true", persistent_workers=True, num_workers=2)

@@ -230,6 +230,9 @@ class TestBadInput:
             (["--dataset_dir", ""], "`dataset_dir` is ''"),
             (["--key_metric", "bogus_auc"], "Valid: ["),
             (["--num_students", "1"], "`num_students` must be >= 2"),
+            (["--amp_dtype", "float8"], "`amp_dtype` must be one of ['auto', 'bfloat16', 'float16']"),
+            (["--channels_last", "yes"], "`channels_last` must be true or false"),
+            (["--persistent_workers", "true"], "`persistent_workers` keeps DataLoader worker processes"),
         ],
     )
     def test_bad_override_is_refused_before_training(self, msi_bundle, tmp_path: Path, args, message) -> None:
@@ -308,6 +311,29 @@ def test_students_start_from_torchvision_weights_and_bad_files_are_named(msi_bun
         "--bundle_root", str(tmp_path / "bad"), *TINY, "--student_weights", str(teacher_file), check=False
     )  # a ResNet18 file for ResNet10-slim students
     assert out.returncode != 0 and "student_weights" in out.stdout + out.stderr
+
+
+def test_fast_path_options_are_accepted_and_reach_the_engines(msi_bundle, tmp_path: Path) -> None:
+    """``--channels_last true --amp_dtype bfloat16`` trains on a CPU (amp stays off there; the networks and batches
+    are channels_last); ``compile`` reaches both engines (checked unbuilt: compiling is a GPU-sized cost)."""
+    out = msi_bundle.cli(
+        "--bundle_root", str(tmp_path / "run"), "--max_epochs", "1", *TINY,
+        "--channels_last", "true", "--amp", "true", "--amp_dtype", "bfloat16",
+    )  # fmt: skip
+    assert (tmp_path / "run" / "models" / "model.pt").is_file(), out.stderr[-2000:]
+    overrides = {"demo_patients": 8, "demo_tiles_per_patient": 4, "image_size": 32, "batch_size": 8}
+    workflow = msi_bundle.workflow(
+        bundle_root=str(tmp_path / "built"), run=False, compile=True, channels_last=True, **overrides
+    )
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    assert trainer.compile and evaluator.compile and trainer.channels_last and evaluator.channels_last
+    assert all(hasattr(n, "_orig_mod") for n in (trainer.teacher, *trainer.students, *evaluator.students))
+    conv = next(m for m in workflow.parser.get_parsed_content("teacher").modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.in_channels > 1
+    loader = workflow.parser.get_parsed_content("train#dataloader")
+    assert not loader.pin_memory and not loader.persistent_workers  # CPU defaults: no workers to keep, nothing to pin
+    assert not trainer.non_blocking
 
 
 def test_factory_defaults_equal_the_bundle_demo_settings(msi_bundle) -> None:

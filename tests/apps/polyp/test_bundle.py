@@ -225,6 +225,8 @@ CLI_TINY = [f"--{k}={v}" for k, v in TINY.items()]
         (["--image_size", "0"], "`image_size` must be a positive multiple of 16"),
         (["--key_metric", "ensemble_mAP"], "Did you mean ensemble_map?"),
         (["--dataset_dir", ""], "`dataset_dir` is ''"),
+        (["--amp_dtype", "float8"], "`amp_dtype` must be one of ['auto', 'bfloat16', 'float16']"),
+        (["--compile", "1"], "`compile` must be true or false"),
     ],
 )
 def test_bad_override_is_refused_before_training(polyp_bundle, tmp_path: Path, args, message) -> None:
@@ -382,3 +384,17 @@ def test_summary_writer_tables_networks_by_metric_and_size(tmp_path: Path) -> No
         ["teacher", "0.2500", "2.000", "3.000"],
         ["wbf", "-", "0.500", "1.500"],  # fuses the ensemble's students: their size
     ]
+
+
+def test_fast_path_options_train_the_detector(polyp_bundle, tmp_path: Path) -> None:
+    """channels_last RetinaNets train and validate (same code path as on a GPU, where it pays); ``amp_dtype``
+    is accepted on a CPU, where amp stays off."""
+    workflow = polyp_bundle.workflow(
+        "train.json", "train", bundle_root=str(tmp_path), max_epochs=1, channels_last=True, amp=True,
+        amp_dtype="bfloat16", **TINY,
+    )  # fmt: skip
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 1 and trainer.channels_last and not trainer.use_amp
+    conv = next(m for m in trainer.students[0].modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert (tmp_path / "models" / "model.pt").is_file()
