@@ -247,6 +247,16 @@ class TestBadInput:
         assert out.returncode != 0 and "--resume true" in out.stdout + out.stderr
         assert (trained / "models" / "model.pt").read_bytes() == before
 
+    @pytest.mark.parametrize("spelling", ["false", "False"])
+    def test_a_switch_set_false_on_the_command_line_is_off(self, msi_bundle, trained: Path, spelling: str) -> None:
+        # python-fire hands `--resume false` on as the string 'false', which would count as set
+        before = (trained / "models" / "model.pt").read_bytes()
+        out = msi_bundle.cli(
+            "--bundle_root", str(trained), "--max_epochs", "1", *TINY, "--resume", spelling, check=False
+        )  # fmt: skip
+        assert out.returncode != 0 and "already holds a run" in out.stdout + out.stderr
+        assert (trained / "models" / "model.pt").read_bytes() == before
+
     def test_overrides_that_contradict_the_record_are_refused(self, msi_bundle, trained: Path) -> None:
         out = msi_bundle.cli("--bundle_root", str(trained), "--image_size", "64", config="inference.json", check=False)
         log = out.stdout + out.stderr
