@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from monai_kdml.apps.polyp.batching import detection_collate
-from monai_kdml.apps.polyp.datalists import polyp_inference_datalist, prepare_polyp_datalists
+from monai_kdml.apps.polyp.datalists import polyp_inference_datalist, prepare_polyp_datalists, split_by_id
 from monai_kdml.apps.polyp.demo import make_polyp_demo
 from monai_kdml.apps.polyp.handlers import DetectionPredictionWriter, decollate_detections
-from monai_kdml.apps.polyp.kvasir import kvasir_datalist, kvasir_preflight, split_by_id
+from monai_kdml.apps.polyp.kvasir import kvasir_datalist, kvasir_preflight
 from monai_kdml.apps.polyp.transforms import polyp_inference_transforms, polyp_val_transforms
 
 
