@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python benchmarks/frozen_teacher_precision.py [--preset vit_small-resnet18] [--teacher NAME] [--image-size 224]
         [--batch-size 8] [--iterations 5] [--repeats 3] [--threads 1] [--device cpu]
 
-Each measurement is a fresh subprocess (so peak RSS, ``ru_maxrss``, belongs to one configuration): it builds the
+Each measurement is a fresh subprocess (so peak RSS, ``VmHWM``, belongs to one configuration): it builds the
 preset's teacher (random weights saved to a temporary file and loaded back, as a frozen teacher must be) and two
 students, trains them with ``KDMLTrainer(teacher_mode="frozen", teacher_dtype=...)`` on random images for one warm-up
 and ``--iterations`` timed iterations, and reports the median seconds per iteration, the median seconds inside the
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
 
     from monai_kdml.engines import KDMLTrainer
     from monai_kdml.losses import KDMLLoss
+    from monai_kdml.memory import peak_resident_bytes
     from monai_kdml.networks import TIMM_PREFIX, build_network, get_preset
 
     torch.set_num_threads(args.threads)
@@ -46,7 +46,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     device = torch.device(args.device)
     preset = get_preset(args.preset)
     teacher_name = args.teacher or preset.teacher
-    baseline_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline_mib = peak_resident_bytes() / 2**20
     sized = {"img_size": args.image_size} if teacher_name.startswith(TIMM_PREFIX) else {}
     teacher = build_network(teacher_name, num_classes=2, **sized)
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,11 +101,7 @@ def worker(args: argparse.Namespace) -> dict[str, float]:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.run()
-    peak_mib = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
+    peak_mib = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_resident_bytes() / 2**20
     teacher_mib = sum(p.numel() * p.element_size() for p in teacher.parameters()) / 2**20
     return {
         "s_per_iteration": statistics.median(iteration_s[1:]),  # the first iteration is the warm-up

@@ -28,6 +28,7 @@ __all__ = [
     "available_memory",
     "check_training_memory",
     "estimate_training_memory",
+    "peak_resident_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,27 @@ PROCESS_ALLOWANCE = int(1.2 * GIB)
 BACKWARD_FACTOR = 1.2
 """Peak over the saved tensors during backward (their gradients coexist briefly): 1.0-1.1 measured for the
 presets at batch 16-32 (docs/benchmarks.md), rounded up so that the estimate stays above what a step takes."""
+
+
+def peak_resident_bytes() -> int:
+    """Peak resident memory of this process's own address space, in bytes (``VmHWM`` of ``/proc/self/status``).
+
+    ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is not that: Linux carries it across ``exec``, so a child started
+    from a large parent (a grown pytest worker, a notebook) reports the parent's size when the parent was larger.
+    ``VmHWM`` belongs to the address space, which ``exec`` replaces. Falls back to ``ru_maxrss`` where ``/proc`` is
+    missing (macOS reports it in bytes, Linux in KiB).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 @dataclass(frozen=True)
