@@ -10,6 +10,11 @@ scores every member, the teacher ensemble, each student and the student ensemble
 
 from __future__ import annotations
 
+# first, before torch loads: makes torch's OpenMP threads wait passively (docs/threads.md)
+import monai_kdml  # noqa: F401
+
+# isort: split
+
 import argparse
 import json
 import logging

@@ -11,6 +11,11 @@ every network on one chart in the "custom scalars" dashboard).
 
 from __future__ import annotations
 
+# first, before torch loads: makes torch's OpenMP threads wait passively (docs/threads.md)
+import monai_kdml  # noqa: F401
+
+# isort: split
+
 import argparse
 import json
 import logging

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -29,6 +32,33 @@ def load(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+ORDER_PROBE = """
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("example", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+seen = {}
+class Watch:  # records the wait policy at the moment torch is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and "torch" not in seen:
+            seen["torch"] = os.environ.get("OMP_WAIT_POLICY")
+        return None
+sys.meta_path.insert(0, Watch())
+spec.loader.exec_module(module)
+print(seen["torch"])
+"""
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.py")))
+def test_examples_set_passive_waits_before_torch_loads(name: str, child_env: dict[str, str]) -> None:
+    """docs/threads.md: the examples import monai_kdml first, so torch's OpenMP threads never spin while waiting."""
+    env = {k: v for k, v in child_env.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    out = subprocess.run(
+        [sys.executable, "-c", ORDER_PROBE, str(EXAMPLES / f"{name}.py")], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "PASSIVE", f"{name}.py imports torch before monai_kdml"
 
 
 def test_plain_python_msi_example(tmp_path: Path) -> None:
