@@ -59,3 +59,15 @@ def test_the_guard_sees_files_written_into_the_tree(repo_state, tmp_path: Path) 
     before = repo_state(tmp_path)
     (tmp_path / "new_test.py").write_text("")  # the developer's new code or an edit is not a test's output
     assert repo_state(tmp_path) == before
+
+
+def test_user_docs_name_no_path_of_the_development_machine() -> None:
+    """README, bundle READMEs and docs/ give placeholders (``/path/to/kvasir-seg``), never this machine's folders."""
+    docs = [REPO / "README.md", *REPO.glob("bundles/*/README.md"), *REPO.glob("docs/*.md")]
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()[:80]}"
+        for path in docs
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "../shared/" in line or "/work/" in line
+    ]
+    assert not found, "\n".join(found)
