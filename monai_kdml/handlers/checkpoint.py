@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import signal
 import time
@@ -260,7 +261,7 @@ class TrainingCheckpoint:
         record = record if isinstance(record, Mapping) else {}  # files of MONAI's CheckpointSaver have none
         self.run_id = str(record.get("run_id") or uuid.uuid4().hex)
         self.run_started = float(record.get("run_started") or time.time())
-        self.saved = [(int(i), str(n)) for i, n in record.get("saved", [])]
+        self.saved = self._own_files(record.get("saved", []), path)
         self.last_path, self.last_iteration = path, iteration
         self._prune()  # files an earlier process wrote but was killed before removing
         rng = record.get("rng")
@@ -307,12 +308,47 @@ class TrainingCheckpoint:
         self._write(engine, filename, "periodic")
         self._prune()
 
+    def _is_own_file(self, name: str) -> bool:
+        """Whether ``name`` is a periodic file this saver writes: ``<prefix>_epoch=N.pt`` / ``<prefix>_iteration=I.pt``,
+        a plain name whose path stays inside ``save_dir``. Only such files are ever deleted."""
+        pattern = rf"{re.escape(self.file_prefix)}_(epoch|iteration)=\d+\.pt"
+        if not re.fullmatch(pattern, name) or Path(name).name != name:
+            return False
+        folder = os.path.normpath(os.path.abspath(self.save_dir))
+        return os.path.dirname(os.path.normpath(os.path.join(folder, name))) == folder
+
+    def _own_files(self, entries: Any, source: Path) -> list[tuple[int, str]]:
+        """The ``saved`` list of a checkpoint's record, keeping only entries naming this saver's own files.
+
+        A checkpoint is input like any other: a record listing ``../precious.txt`` or an absolute path must never make
+        the pruning delete it. Other entries are dropped with a warning naming them.
+        """
+        kept: list[tuple[int, str]] = []
+        for entry in entries if isinstance(entries, (list, tuple)) else [entries]:
+            try:
+                iteration, name = int(entry[0]), entry[1]
+            except (TypeError, ValueError, IndexError, KeyError):
+                iteration, name = -1, None
+            if isinstance(name, str) and self._is_own_file(name):
+                kept.append((iteration, name))
+            else:
+                self.logger.warning(
+                    "Ignoring %r in the record of %s: not a checkpoint file of this run in %s (named "
+                    "%s_epoch=N.pt or %s_iteration=N.pt); it will not be deleted.",
+                    entry,
+                    source.name,
+                    self.save_dir,
+                    self.file_prefix,
+                    self.file_prefix,
+                )
+        return kept
+
     def _prune(self) -> None:
         """Keep the ``n_saved`` newest periodic files and remove the others (called once the newest is complete)."""
         self.saved.sort()
         while self.n_saved is not None and len(self.saved) > self.n_saved:
             _, name = self.saved.pop(0)
-            if idist.get_rank() == 0 and all(name != kept for _, kept in self.saved):
+            if idist.get_rank() == 0 and self._is_own_file(name) and all(name != kept for _, kept in self.saved):
                 with contextlib.suppress(FileNotFoundError):
                     (self.save_dir / name).unlink()
 

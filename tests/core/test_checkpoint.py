@@ -121,6 +121,28 @@ def test_resume_takes_the_newest_readable_checkpoint_by_content(
     assert torch.equal(weights(toy_run, resumed), reference(3)[1])
 
 
+def test_resume_deletes_only_its_own_files_whatever_the_record_lists(
+    toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 case 1: a record that loads with weights_only but lists files outside the run must delete nothing."""
+    run_dir = tmp_path / "run"
+    toy_run.train(run_dir, max_epochs=1)
+    precious, absolute = tmp_path / "precious.txt", tmp_path / "elsewhere" / "checkpoint_epoch=0.pt"
+    absolute.parent.mkdir()
+    for victim in (precious, absolute, run_dir / "notes.txt"):
+        victim.write_text("keep me")
+    path = run_dir / "models" / "checkpoint_epoch=1.pt"
+    content = torch.load(path, weights_only=True)
+    listed = ["../../precious.txt", str(absolute), "notes.txt", "../models/checkpoint_epoch=0.pt", "x/../notes.txt"]
+    content["checkpointer"]["saved"] = [[k - 10, name] for k, name in enumerate(listed)] + [[6, path.name]]
+    torch.save(content, path)
+    with caplog.at_level(logging.WARNING):
+        toy_run.train(run_dir, resume=True, max_epochs=2)
+    assert all(v.read_text() == "keep me" for v in (precious, absolute, run_dir / "notes.txt"))
+    assert all(repr(name) in caplog.text for name in listed), caplog.text
+    assert not path.exists()  # its own files are still pruned (n_saved=1)
+
+
 def test_a_fresh_run_beside_an_older_run_resumes_its_own_checkpoint(toy_run: ModuleType, tmp_path: Path) -> None:
     toy_run.train(tmp_path, max_epochs=3)  # leaves checkpoint_epoch=3.pt (iteration 18)
     with pytest.raises(TrainingInterrupted):
