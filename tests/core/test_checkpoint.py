@@ -31,6 +31,7 @@ from monai_kdml.handlers import (
     CheckpointMismatchError,
     CheckpointReadError,
     NonFiniteLossError,
+    NothingToResumeError,
     TrainingInterrupted,
     atomic_save,
     remove_stale_temporaries,
@@ -313,9 +314,9 @@ def test_resume_checkpoint_says_fresh_run_or_where_it_resumes(
     toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     models = tmp_path / "models"
+    with pytest.raises(NothingToResumeError, match=r"nothing to resume from: .*models does not exist\. Start a fresh"):
+        resume_checkpoint(models, resume=True)
     with caplog.at_level(logging.INFO):
-        assert resume_checkpoint(models, resume=True) is None
-        assert "holds no readable checkpoint*.pt: starting a fresh run" in caplog.text
         toy_run.train(tmp_path, max_epochs=1)
         caplog.clear()
         assert resume_checkpoint(models, resume=False) is None
@@ -323,6 +324,40 @@ def test_resume_checkpoint_says_fresh_run_or_where_it_resumes(
         caplog.clear()
         assert resume_checkpoint(models, resume=True) is not None
         assert re.search(r"Resuming from \S+checkpoint_\w+(=1)?\.pt \(epoch 1, iteration 6\)", caplog.text)
+
+
+def folder_state(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and modification time (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_resume_without_a_readable_checkpoint_refuses_and_changes_nothing(
+    toy_run: ModuleType, tmp_path: Path, damage: str
+) -> None:
+    """Issue 15 case 3: every checkpoint truncated, or all deleted: refuse, naming what is there; keep model.pt."""
+    toy_run.train(tmp_path, max_epochs=2, n_saved=1)
+    models = tmp_path / "models"
+    checkpoints = sorted(models.glob("checkpoint*.pt"))
+    assert [p.name for p in checkpoints] == ["checkpoint_epoch=2.pt", "checkpoint_final.pt"]
+    for path in checkpoints:
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:1000])
+        else:
+            path.unlink()
+    before = folder_state(tmp_path)
+    with pytest.raises(NothingToResumeError) as refused:
+        toy_run.train(tmp_path, resume=True, max_epochs=3)
+    message = str(refused.value)
+    if damage == "truncated":
+        assert "2 checkpoint files, both unreadable: checkpoint_epoch=2.pt is truncated or damaged" in message
+        assert "checkpoint_final.pt is truncated or damaged" in message
+    else:
+        assert "holds no checkpoint*.pt, only best_networks.pt, model.pt, which a fresh run would overwrite" in message
+    assert "every file was left as it was" in message
+    assert folder_state(tmp_path) == before
 
 
 def test_sigkill_at_random_moments_loses_nothing(kill_driver: Callable, toy_run: ModuleType, tmp_path: Path) -> None:
