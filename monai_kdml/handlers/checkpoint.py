@@ -2,16 +2,17 @@
 
 :class:`TrainingCheckpoint` replaces the trainer's MONAI ``CheckpointSaver`` + ``CheckpointLoader`` pair. Choosing
 and checking the file to resume from is in :mod:`~monai_kdml.handlers.resume`; signals, the consistent-state rule
-and the RNG states in :mod:`~monai_kdml.handlers.stopping`.
+and the RNG states in :mod:`~monai_kdml.handlers.stopping`; atomic writes and the full-disk error in
+:mod:`~monai_kdml.handlers.atomic`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
-import secrets
 import signal
 import time
 import uuid
@@ -20,78 +21,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ignite.distributed as idist
-import torch
 from ignite.engine import Events
 
+from monai_kdml.handlers.atomic import DiskFullError, atomic_save, previous_state, remove_stale_temporaries, state_tree
 from monai_kdml.handlers.resume import CHECKPOINTER_KEY, TRAINER_KEY, load_checkpoint, read_checkpoint
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted, restore_rng
-from monai_kdml.networks.ensemble import unwrap_module
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["TrainingCheckpoint", "atomic_save", "remove_stale_temporaries", "state_tree"]
+__all__ = ["DiskFullError", "TrainingCheckpoint", "atomic_save", "remove_stale_temporaries", "state_tree"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-_TMP_MARK = ".tmp-"
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a partial file under ``path``, even on SIGKILL or power loss.
-
-    Writes ``.<name>.tmp-<pid>-<random>`` in the same folder, flushes and fsyncs it, renames it over ``path``
-    (``os.replace`` is atomic) and fsyncs the folder so the rename itself is durable. The previous file stays
-    intact until the new one is complete. Files get the usual permissions (``0o666`` less the umask). Saving
-    through a file object keeps the bytes independent of the file name, so equal states give identical files.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):  # folders cannot be opened for fsync on some platforms
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete ``.*.tmp-<pid>-*`` files of :func:`atomic_save` whose process no longer runs; returns them."""
-    removed = []
-    for path in Path(folder).glob(f".*{_TMP_MARK}*") if Path(folder).is_dir() else []:
-        try:
-            os.kill(int(path.name.rsplit(_TMP_MARK, 1)[1].split("-")[0]), 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(path)
-        except PermissionError:  # alive, owned by someone else
-            pass
-    return removed
-
-
-def state_tree(objects: Any) -> Any:
-    """``state_dict()`` of every object in nested dicts/lists (DDP/compile wrappers removed), as ignite does."""
-    if isinstance(objects, Mapping):
-        return {key: state_tree(value) for key, value in objects.items()}
-    if isinstance(objects, (list, tuple)):
-        return [state_tree(value) for value in objects]
-    if isinstance(objects, torch.nn.Module):
-        return unwrap_module(objects).state_dict()
-    return objects.state_dict()
 
 
 class _SkipBatches:
@@ -367,7 +310,16 @@ class TrainingCheckpoint:
         }
         path = self.save_dir / filename
         if idist.get_rank() == 0:
-            atomic_save(payload, path)
+            try:
+                atomic_save(payload, path)
+            except DiskFullError as error:  # name the checkpoint to resume from, not a file of the same name
+                previous = previous_state(self.last_path, "checkpoint")
+                at = f", holding {self._where(self.last_iteration)}" if self.last_path is not None else ""
+                raise DiskFullError(
+                    errno.ENOSPC,
+                    f"disk full (ENOSPC) while writing the checkpoint {path}: nothing was written; {previous}{at}. "
+                    f"Free space on the disk of {self.save_dir}; to continue, {self.resume_hint}.",
+                ) from error.__cause__
         self.last_path, self.last_iteration = path, iteration
         return path
 
@@ -397,6 +349,9 @@ class TrainingCheckpoint:
         raise TrainingInterrupted(signum, message)
 
     def _crashed(self, engine: Engine, e: BaseException) -> None:
+        if isinstance(e, DiskFullError):  # another write would fail the same way; its message says what is kept
+            self.logger.error("Training stopped: %s", e.strerror)
+            return
         error = f"{type(e).__name__}: {e}"
         try:
             consistent, path = self.guard.consistent, self._save_now(engine, "exception")
@@ -423,9 +378,10 @@ class TrainingCheckpoint:
                 self.resume_hint,
             )
 
-    def _where(self) -> str:
+    def _where(self, iteration: int | None = None) -> str:
         state = self._engine.state  # type: ignore[union-attr]
-        iteration = self.guard.point[0] if self.guard.point is not None else state.iteration
+        if iteration is None:
+            iteration = self.guard.point[0] if self.guard.point is not None else state.iteration
         length = state.epoch_length
         if not length:
             return f"iteration {iteration}"

@@ -9,6 +9,7 @@ epoch with a key metric scripted to peak at epoch 2, MONAI's ``StatsHandler`` fi
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from monai.handlers import CheckpointSaver
 from monai_kdml.handlers import (
     CheckpointMismatchError,
     CheckpointReadError,
+    DiskFullError,
     NonFiniteLossError,
     NothingToResumeError,
     TrainingInterrupted,
@@ -91,6 +93,76 @@ def test_atomic_save_keeps_the_previous_file_when_writing_fails(tmp_path: Path, 
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # group/others may read, as with torch.save
+
+
+class FullDisk:
+    """``os.fdopen`` whose files fail like a full disk (``OSError(ENOSPC)``) once ``room`` bytes are written, so the
+    real ``torch.save`` meets it and raises what it raises on a full disk (``RuntimeError: ... unexpected pos``)."""
+
+    def __init__(self, monkeypatch: Any, room: int = 1000) -> None:
+        self.monkeypatch, self.room, self.fdopen = monkeypatch, room, os.fdopen
+
+    def __call__(self, *_: Any) -> None:
+        self.monkeypatch.setattr(os, "fdopen", self.open)
+
+    def open(self, fd: int, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        f = self.fdopen(fd, mode, *args, **kwargs)
+        room, write = self.room, f.write
+
+        def write_until_full(data: Any) -> int:
+            nonlocal room
+            if len(data) > room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            room -= len(data)
+            return write(data)
+
+        f.write = write_until_full
+        return f
+
+
+def test_atomic_save_on_a_full_disk_says_so_in_one_line(tmp_path: Path, monkeypatch: Any) -> None:
+    """Issue 15 case 19 (``model.pt``, ``best_networks.pt``): ENOSPC named, the previous file checked intact."""
+    path = tmp_path / "model.pt"
+    atomic_save({"x": torch.ones(3)}, path)
+    before = path.read_bytes()
+    FullDisk(monkeypatch)()
+    with pytest.raises(DiskFullError) as full:
+        atomic_save({"x": torch.zeros(1000)}, path)
+    message = str(full.value)
+    assert full.value.errno == errno.ENOSPC and "\n" not in message
+    assert f"disk full (ENOSPC) while writing {path}: nothing was written; the previous file model.pt is intact" in (
+        message
+    )
+    assert "unexpected pos" in str(full.value.__cause__)  # what torch says on a full disk
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_says_so(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path, monkeypatch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 15 case 19: the disk fills up while epoch 2's checkpoint is written; the run ends with one line naming
+    the disk, the file and the intact checkpoint of epoch 1, which then resumes to the uninterrupted result."""
+    models = tmp_path / "models"
+    fill = At(Events.EPOCH_COMPLETED(once=2), FullDisk(monkeypatch))  # after validation wrote model.pt
+    with pytest.raises(DiskFullError) as full, caplog.at_level(logging.ERROR):
+        toy_run.train(tmp_path, max_epochs=3, before_checkpoint=[fill])
+    monkeypatch.undo()
+    assert str(full.value) == (
+        f"[Errno 28] disk full (ENOSPC) while writing the checkpoint {models / 'checkpoint_epoch=2.pt'}: nothing was "
+        "written; the previous checkpoint checkpoint_epoch=1.pt is intact, holding the end of epoch 1 (iteration "
+        f"{EPOCH}). "
+        f"Free space on the disk of {models}; to continue, run the same command again with `--resume true`."
+    )
+    assert sorted(p.name for p in models.iterdir() if p.suffix == ".pt") == [
+        "best_networks.pt",
+        "checkpoint_epoch=1.pt",
+        "model.pt",
+    ]
+    assert "could not be written" not in caplog.text  # no second write tried
+    resumed = toy_run.train(tmp_path, resume=True, max_epochs=3)
+    assert torch.equal(weights(toy_run, resumed), reference(3)[1])
+    for name in ("model.pt", "best_networks.pt"):
+        assert (models / name).read_bytes() == (reference(3)[0] / name).read_bytes()
 
 
 def test_temporaries_of_killed_processes_are_removed(tmp_path: Path) -> None:
