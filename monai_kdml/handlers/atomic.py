@@ -26,7 +26,15 @@ class DiskFullError(OSError):
 
     Raised instead of torch's ``unexpected pos ...`` from its zip writer, with one line saying where, and whether the
     previous file is intact (checked by reading it).
+
+    Args:
+        message: the line.
+        path: the file that could not be written.
     """
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(errno.ENOSPC, message)
+        self.path = path
 
 
 def _disk_full(error: BaseException) -> bool:
@@ -80,9 +88,9 @@ def atomic_save(obj: Any, path: str | Path) -> None:
             os.remove(tmp)
         if _disk_full(error):
             raise DiskFullError(
-                errno.ENOSPC,
                 f"disk full (ENOSPC) while writing {path}: nothing was written; {previous_state(path, 'file')}. Free "
                 f"space on the disk of {path.parent}, then run again.",
+                path,
             ) from error
         raise
     with contextlib.suppress(OSError):  # folders cannot be opened for fsync on some platforms

@@ -194,10 +194,12 @@ def test_resume_takes_the_newest_readable_checkpoint_by_content(
     assert torch.equal(weights(toy_run, resumed), reference(3)[1])
 
 
+@pytest.mark.parametrize("entry", ["_saved", "saved", "pending"])
 def test_resume_deletes_only_its_own_files_whatever_the_record_lists(
-    toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    toy_run: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture, entry: str
 ) -> None:
-    """Issue 15 case 1: a record that loads with weights_only but lists files outside the run must delete nothing."""
+    """Issue 15 case 1: a record that loads with weights_only but lists files outside the run must delete nothing:
+    neither among the kept files (Ignite's ``_saved``; ``saved`` in records of release 1) nor the pending removals."""
     run_dir = tmp_path / "run"
     toy_run.train(run_dir, max_epochs=1)
     precious, absolute = tmp_path / "precious.txt", tmp_path / "elsewhere" / "checkpoint_epoch=0.pt"
@@ -207,7 +209,12 @@ def test_resume_deletes_only_its_own_files_whatever_the_record_lists(
     path = run_dir / "models" / "checkpoint_epoch=1.pt"
     content = torch.load(path, weights_only=True)
     listed = ["../../precious.txt", str(absolute), "notes.txt", "../models/checkpoint_epoch=0.pt", "x/../notes.txt"]
-    content["checkpointer"]["saved"] = [[k - 10, name] for k, name in enumerate(listed)] + [[6, path.name]]
+    record = content["checkpointer"]
+    if entry == "pending":
+        record["pending"] = listed
+    else:
+        record.pop("_saved")
+        record[entry] = [[k - 10, name] for k, name in enumerate(listed)] + [[6, path.name]]
     torch.save(content, path)
     with caplog.at_level(logging.WARNING):
         toy_run.train(run_dir, resume=True, max_epochs=2)
