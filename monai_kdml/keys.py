@@ -6,6 +6,7 @@ published in ``engine.state.output``, so configs and handlers never spell them b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from monai.utils import StrEnum, look_up_option
@@ -13,16 +14,23 @@ from monai.utils import StrEnum, look_up_option
 __all__ = [
     "COHORT_SEPARATOR",
     "ENSEMBLE",
+    "LOSS",
+    "PRED",
+    "STUDENT",
     "TEACHER",
     "Mode",
     "TeacherMode",
     "cohort_key",
+    "is_loss_key",
     "is_teacher_name",
     "loss_key",
     "network_names",
     "parse_cohorts",
     "pred_key",
     "split_cohort",
+    "split_loss_key",
+    "split_metric_key",
+    "student_index",
     "student_name",
     "teacher_member_name",
     "term_key",
@@ -30,6 +38,12 @@ __all__ = [
 
 TEACHER = "teacher"
 ENSEMBLE = "ensemble"
+STUDENT = "student"
+"""Students are ``student_<k>`` (:func:`student_name`)."""
+PRED = "pred"
+"""Predictions: ``pred`` (the ensemble's, MONAI's default key) and ``pred_<network>`` (:func:`pred_key`)."""
+LOSS = "loss"
+"""Losses: ``loss`` (the backpropagated total) and ``loss_<network>`` (:func:`loss_key`)."""
 COHORT_SEPARATOR = "/"
 """Joins a cohort's name to every key of its networks: ``kdml/student_0``, ``kdml/ensemble_auc``, ``kdml/pred``."""
 
@@ -100,7 +114,7 @@ def _look_up(value: str | StrEnum, options: type[StrEnum], name: str) -> str:
 
 def student_name(index: int) -> str:
     """``student_<k>``: the name of student ``k`` in output keys, metric names and TensorBoard tags."""
-    return f"student_{index}"
+    return f"{STUDENT}_{index}"
 
 
 def teacher_member_name(index: int) -> str:
@@ -110,7 +124,13 @@ def teacher_member_name(index: int) -> str:
 
 def is_teacher_name(name: str) -> bool:
     """Whether ``name`` is the teacher's or one of its members' (``teacher``, ``teacher_<m>``)."""
-    return name == TEACHER or (name.startswith(f"{TEACHER}_") and name[len(TEACHER) + 1 :].isdigit())
+    return _TEACHER_NAME.fullmatch(name) is not None
+
+
+def student_index(name: str) -> int | None:
+    """``k`` of a student's name ``student_<k>`` (:func:`student_name`), else ``None``."""
+    match = _STUDENT_NAME.fullmatch(name)
+    return int(match["index"]) if match else None
 
 
 def cohort_key(cohort: str | None, key: str) -> str:
@@ -149,17 +169,64 @@ def pred_key(network: str) -> str:
     """Output key of a network's prediction: ``pred`` for the ensemble (MONAI's default), else ``pred_<network>``;
     a cohort's keys keep its prefix (``kd/pred``, ``kd/pred_student_0``)."""
     cohort, name = split_cohort(network)
-    return cohort_key(cohort, "pred" if name == ENSEMBLE else f"pred_{name}")
+    return cohort_key(cohort, PRED if name == ENSEMBLE else f"{PRED}_{name}")
 
 
 def loss_key(network: str) -> str:
     """Output key of a network's total loss: ``loss_<network>`` (``loss`` alone is the backpropagated total);
     ``kd/loss_student_0`` for a cohort's student."""
     cohort, name = split_cohort(network)
-    return cohort_key(cohort, f"loss_{name}")
+    return cohort_key(cohort, f"{LOSS}_{name}")
 
 
 def term_key(term: str, network: str) -> str:
     """Output key of one loss term of one network, e.g. ``kd_student_0``, ``ce_teacher`` or ``kd/ml_student_1``."""
     cohort, name = split_cohort(network)
     return cohort_key(cohort, f"{term}_{name}")
+
+
+# ---------------------------------------------------------------- parsing keys back, from the same names as above
+_TEACHER_NAME = re.compile(rf"{TEACHER}(?:_\d+)?")  # teacher_member_name
+_STUDENT_NAME = re.compile(rf"{STUDENT}_(?P<index>\d+)")  # student_name
+_TRAINED = rf"{_TEACHER_NAME.pattern}|{STUDENT}_\d+"  # the networks with losses
+_COHORT = rf"(?:(?P<cohort>\w+){re.escape(COHORT_SEPARATOR)})?"  # cohort_key
+# ``loss`` and ``<term>_<network>`` (``loss_<network>`` included), a cohort's prefix or not; predictions are not losses
+_LOSS_KEY = re.compile(rf"{_COHORT}(?:{LOSS}|(?!{PRED}_)\w+_(?:{_TRAINED}))")
+# term_key / loss_key: a cohort's prefix belongs to the network (``kd/ml_student_1``: term ``ml`` of ``kd/student_1``)
+_TERM_KEY = re.compile(rf"{_COHORT}(?P<term>\w+?)_(?P<network>{_TRAINED})")
+# metric names: ``<network>_<metric>``, the ensemble's too
+_METRIC_KEY = re.compile(rf"{_COHORT}(?P<network>{_TRAINED}|{ENSEMBLE})_(?P<metric>.+)")
+
+
+def _network(match: re.Match[str]) -> str:
+    return cohort_key(match["cohort"], match["network"])
+
+
+def is_loss_key(key: str) -> bool:
+    """Whether ``key`` of a trainer's output is a loss: ``loss``, ``loss_<network>``, ``<term>_<network>``, with a
+    cohort's prefix or not (not ``pred_*``)."""
+    return _LOSS_KEY.fullmatch(key) is not None
+
+
+def split_loss_key(key: str) -> tuple[str, str] | None:
+    """``(term, network)`` of a trainer output key (:func:`term_key`, :func:`loss_key`): ``kd_cls_student_0`` ->
+    ``("kd_cls", "student_0")``, ``loss_teacher`` -> ``("loss", "teacher")``, ``kd/ml_student_1`` ->
+    ``("ml", "kd/student_1")``; ``None`` for other keys (``loss``, ``kd/loss``, ``pred_*``)."""
+    if key.rpartition(COHORT_SEPARATOR)[2].startswith(f"{PRED}_"):
+        return None
+    match = _TERM_KEY.fullmatch(key)
+    return (match["term"], _network(match)) if match else None
+
+
+def split_metric_key(key: str, networks: Sequence[str] = ()) -> tuple[str | None, str]:
+    """``(network, metric)`` of a metric name: ``student_1_patient_auc`` -> ``("student_1", "patient_auc")``,
+    ``kd/ensemble_auc`` -> ``("kd/ensemble", "auc")``.
+
+    ``networks`` (e.g. ``["teacher", "student_0", "ensemble", "wbf"]``) are matched first, longest first; then the
+    standard names. A metric of no network (``disagreement``) gives ``(None, key)``.
+    """
+    for name in sorted(networks, key=len, reverse=True):
+        if key.startswith(f"{name}_"):
+            return name, key[len(name) + 1 :]
+    match = _METRIC_KEY.fullmatch(key)
+    return (_network(match), match["metric"]) if match else (None, key)

@@ -8,7 +8,8 @@ through ``ConfigWorkflow``) and resumes from the newest checkpoint in ``workdir/
 driver imports it once, then forks one child per attempt, so a kill costs no interpreter start. Per seed it runs an
 uninterrupted reference, then kills and resumes ``kills_per_seed`` times (half of the kills, ``write_fraction``, are
 timed by watching for the saver's temporary file), lets the last attempt finish and compares. Printed report (JSON):
-kills, kills while a temporary file existed, resumes, failed attempts, files left damaged, regressions (the newest
+kills, kills while a temporary file existed, resumes, fresh starts (after a kill that came before the first checkpoint,
+where ``--resume true`` refuses: nothing to resume), failed attempts, files left damaged, regressions (the newest
 readable checkpoint going back), and whether the final checkpoint and the ``compare`` files equal the reference.
 """
 
@@ -19,6 +20,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -136,7 +138,7 @@ def drive(spec: dict) -> dict:
         status = _wait(_fork(entry, ref_dir, False, kwargs, ref_dir / "log.txt"), timeout)
         duration = time.monotonic() - start
         result: dict[str, Any] = {"seed": seed, "reference_status": status, "reference_s": round(duration, 2)}
-        kills = during_write = resumes = 0
+        kills = during_write = resumes = fresh_starts = 0
         failures, damaged, regressions, newest_seen = [], [], [], -1
         attempt = restarts = 0
         while kills < spec["kills_per_seed"]:
@@ -178,6 +180,13 @@ def drive(spec: dict) -> dict:
             if not killed:
                 failures.append(f"attempt {attempt} (after kill {kills}): exit status {status}")
                 break  # it cannot resume: no point killing further
+            if newest < 0:
+                # killed before its first checkpoint: `--resume true` refuses (nothing to resume from), and the user
+                # starts over, replacing what the killed run wrote (`--overwrite true`); the next attempt is fresh
+                shutil.rmtree(run_dir / subdir, ignore_errors=True)
+                attempt, newest_seen = 0, -1
+                fresh_starts += 1
+                continue
             if newest < newest_seen:
                 regressions.append(
                     f"after kill {kills}: newest readable checkpoint went from {newest_seen} to {newest}"
@@ -196,6 +205,7 @@ def drive(spec: dict) -> dict:
             kills=kills,
             kills_during_write=during_write,
             resumes=resumes,
+            fresh_starts=fresh_starts,
             failures=failures,
             damaged=damaged,
             regressions=regressions,
@@ -205,7 +215,7 @@ def drive(spec: dict) -> dict:
         )
         report["seeds"].append(result)
     report["elapsed_s"] = round(time.time() - report.pop("started"), 1)
-    for key in ("kills", "kills_during_write", "resumes", "mid_epoch_resumes"):
+    for key in ("kills", "kills_during_write", "resumes", "fresh_starts", "mid_epoch_resumes"):
         report[key] = sum(s[key] for s in report["seeds"])
     for key in ("failures", "damaged", "regressions"):
         report[key] = [f"seed {s['seed']}: {x}" for s in report["seeds"] for x in s[key]]

@@ -1,7 +1,7 @@
 """Ignite handlers: checkpoints and resume, model selection (per cohort too), warm-up schedules, the non-finite-loss
 guard, per-epoch seeding, progress and summaries, grouped TensorBoard curves and named output transforms."""
 
-from monai_kdml.handlers.checkpoint import TrainingCheckpoint, atomic_save, remove_stale_temporaries
+from monai_kdml.handlers.checkpoint import DiskFullError, TrainingCheckpoint, atomic_save, remove_stale_temporaries
 from monai_kdml.handlers.cohorts import (
     COHORTS_DIR,
     CohortCheckpointLoader,
@@ -17,6 +17,7 @@ from monai_kdml.handlers.resume import (
     CheckpointInfo,
     CheckpointMismatchError,
     CheckpointReadError,
+    NothingToResumeError,
     check_checkpoint,
     find_resume_checkpoint,
     load_checkpoint,
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointReadError",
     "CohortCheckpointLoader",
     "CohortModelSaver",
+    "DiskFullError",
     "EngineLogFilter",
     "EpochSeedHandler",
     "EpochSummary",
@@ -47,6 +49,7 @@ __all__ = [
     "ModelSelectionState",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
+    "NothingToResumeError",
     "ProgressHandler",
     "RunSummary",
     "StopGuard",

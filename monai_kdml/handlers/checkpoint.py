@@ -1,96 +1,37 @@
 """Training checkpoints that survive kills: atomic files, resume from the newest complete one, exact continuation.
 
-:class:`TrainingCheckpoint` replaces the trainer's MONAI ``CheckpointSaver`` + ``CheckpointLoader`` pair. Choosing
-and checking the file to resume from is in :mod:`~monai_kdml.handlers.resume`; signals, the consistent-state rule
-and the RNG states in :mod:`~monai_kdml.handlers.stopping`.
+:class:`TrainingCheckpoint` replaces the trainer's MONAI ``CheckpointSaver`` + ``CheckpointLoader`` pair. It is built
+on Ignite: the periodic files are an Ignite ``Checkpoint`` (keep the newest ``n_saved``, its record included) in
+:mod:`~monai_kdml.handlers.periodic`, loading is ``Checkpoint.load_objects``; this module adds what Ignite lacks.
+Choosing and checking the file to resume from is in :mod:`~monai_kdml.handlers.resume`; signals, the consistent-state
+rule and the RNG states in :mod:`~monai_kdml.handlers.stopping`; atomic writes and the full-disk error in
+:mod:`~monai_kdml.handlers.atomic`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import secrets
 import signal
-import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ignite.distributed as idist
-import torch
 from ignite.engine import Events
+from ignite.handlers import Checkpoint
 
-from monai_kdml.handlers.resume import CHECKPOINTER_KEY, TRAINER_KEY, load_checkpoint, read_checkpoint
+from monai_kdml.handlers.atomic import DiskFullError, atomic_save, previous_state, remove_stale_temporaries, state_tree
+from monai_kdml.handlers.periodic import KeepNewestCheckpoint, TrainerAtPoint, plain_objects
+from monai_kdml.handlers.resume import CHECKPOINTER_KEY, TRAINER_KEY, check_checkpoint, read_checkpoint
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted, restore_rng
-from monai_kdml.networks.ensemble import unwrap_module
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["TrainingCheckpoint", "atomic_save", "remove_stale_temporaries", "state_tree"]
+__all__ = ["DiskFullError", "TrainingCheckpoint", "atomic_save", "remove_stale_temporaries", "state_tree"]
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-_TMP_MARK = ".tmp-"
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a partial file under ``path``, even on SIGKILL or power loss.
-
-    Writes ``.<name>.tmp-<pid>-<random>`` in the same folder, flushes and fsyncs it, renames it over ``path``
-    (``os.replace`` is atomic) and fsyncs the folder so the rename itself is durable. The previous file stays
-    intact until the new one is complete. Files get the usual permissions (``0o666`` less the umask). Saving
-    through a file object keeps the bytes independent of the file name, so equal states give identical files.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):  # folders cannot be opened for fsync on some platforms
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete ``.*.tmp-<pid>-*`` files of :func:`atomic_save` whose process no longer runs; returns them."""
-    removed = []
-    for path in Path(folder).glob(f".*{_TMP_MARK}*") if Path(folder).is_dir() else []:
-        try:
-            os.kill(int(path.name.rsplit(_TMP_MARK, 1)[1].split("-")[0]), 0)
-        except (ValueError, IndexError, ProcessLookupError):
-            with contextlib.suppress(OSError):
-                path.unlink()
-                removed.append(path)
-        except PermissionError:  # alive, owned by someone else
-            pass
-    return removed
-
-
-def state_tree(objects: Any) -> Any:
-    """``state_dict()`` of every object in nested dicts/lists (DDP/compile wrappers removed), as ignite does."""
-    if isinstance(objects, Mapping):
-        return {key: state_tree(value) for key, value in objects.items()}
-    if isinstance(objects, (list, tuple)):
-        return [state_tree(value) for value in objects]
-    if isinstance(objects, torch.nn.Module):
-        return unwrap_module(objects).state_dict()
-    return objects.state_dict()
 
 
 class _SkipBatches:
@@ -117,8 +58,10 @@ class TrainingCheckpoint:
     """Save and resume a whole training run so that a kill, a crash, SIGTERM or Ctrl-C never loses work.
 
     - **Atomic files** (:func:`atomic_save`): ``<prefix>_epoch=N.pt`` every ``epoch_interval`` epochs (and
-      ``<prefix>_iteration=I.pt`` every ``iteration_interval`` iterations, if set), the newest ``n_saved`` kept: older
-      ones are removed only once the new one is complete, including those an earlier process of the run left.
+      ``<prefix>_iteration=I.pt`` every ``iteration_interval`` iterations, if set), the newest ``n_saved`` kept
+      (:class:`~monai_kdml.handlers.periodic.KeepNewestCheckpoint`, an Ignite ``Checkpoint``): older ones are removed
+      only once the new one is complete, including those an earlier process of the run left, and only this run's
+      own files, whatever a checkpoint's record lists.
       ``final_filename`` when the run completes, is stopped by a signal, or fails.
     - **One file holds everything**: ``save_dict`` (networks, optimizers, schedulers, a
       :class:`~monai_kdml.handlers.ModelSelectionState`), the trainer it is attached to (``"trainer"``: engine state,
@@ -193,9 +136,7 @@ class TrainingCheckpoint:
         self.logger = logging.getLogger(name) if name else logger
         self._name = name
         self.guard = StopGuard(signals, on_exception=self._crashed)
-        self.saved: list[tuple[int, str]] = []  # periodic files of this run: (iteration, file name)
-        self.run_id = ""
-        self.run_started = 0.0
+        self._keeper: KeepNewestCheckpoint | None = None  # Ignite's Checkpoint, built at attach (it needs the engine)
         self.last_path: Path | None = None  # the newest checkpoint of this run on disk ...
         self.last_iteration = -1  # ... and the iteration it holds
         self._engine: Engine | None = None
@@ -210,6 +151,14 @@ class TrainingCheckpoint:
         self._engine = engine
         if self._name is None:
             self.logger = engine.logger
+        self._keeper = KeepNewestCheckpoint(
+            plain_objects({**self.objects(), TRAINER_KEY: TrainerAtPoint(self.objects()[TRAINER_KEY], self._point)}),
+            self.save_dir,
+            self._point,
+            self.file_prefix,
+            self.n_saved,
+            self.logger,
+        )
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.COMPLETED, self._completed)
         self.guard.attach(engine)
@@ -219,6 +168,17 @@ class TrainingCheckpoint:
         if self._engine is None:
             raise RuntimeError("attach TrainingCheckpoint to the trainer first.")
         return {**self.save_dict, TRAINER_KEY: self.save_dict.get(TRAINER_KEY, self._engine)}
+
+    @property
+    def keeper(self) -> KeepNewestCheckpoint:
+        """The Ignite ``Checkpoint`` keeping the periodic files and writing every file, with the run's record."""
+        if self._keeper is None:
+            raise RuntimeError("attach TrainingCheckpoint to the trainer first.")
+        return self._keeper
+
+    def _point(self) -> tuple[int, Any]:
+        """(iteration, RNG states) of the resumable state in memory."""
+        return self.guard.point  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------------------------------ run start
     def _started(self, engine: Engine) -> None:
@@ -233,8 +193,7 @@ class TrainingCheckpoint:
                     self.logger.info("Removed %s, left by a process killed while saving.", path.name)
             if self.resume_from is not None:
                 self._resume(engine, self.resume_from)
-        if not self.run_id:
-            self.run_id, self.run_started = uuid.uuid4().hex, time.time()
+        self.keeper.start_run()
         self.last_iteration = max(self.last_iteration, engine.state.iteration)
         self.guard.started(engine)
 
@@ -254,15 +213,15 @@ class TrainingCheckpoint:
         epoch, done = divmod(iteration, length) if length else (0, 0)
         if max_epochs is not None and epoch > max_epochs:
             raise ValueError(f"{path} holds {epoch} epochs, more than max_epochs={max_epochs}: raise max_epochs.")
-        load_checkpoint(checkpoint, self.objects(), source=str(path))
+        keeper = self.keeper
+        to_load = dict(keeper.to_save)
+        check_checkpoint(checkpoint, to_load, str(path))  # all or nothing: Ignite would load up to the first misfit
+        Checkpoint.load_objects(to_load, checkpoint)
         engine.state.max_epochs = max_epochs  # the configuration's: a finished run can be continued
         record = checkpoint.get(CHECKPOINTER_KEY)
         record = record if isinstance(record, Mapping) else {}  # files of MONAI's CheckpointSaver have none
-        self.run_id = str(record.get("run_id") or uuid.uuid4().hex)
-        self.run_started = float(record.get("run_started") or time.time())
-        self.saved = [(int(i), str(n)) for i, n in record.get("saved", [])]
+        keeper.load_state_dict(record)  # (also removes files a killed process left)
         self.last_path, self.last_iteration = path, iteration
-        self._prune()  # files an earlier process wrote but was killed before removing
         rng = record.get("rng")
         if done:
             self._skip = (done, rng)
@@ -284,7 +243,7 @@ class TrainingCheckpoint:
         self.guard.iteration_completed(engine)
         iteration = engine.state.iteration
         if self.iteration_interval and iteration % self.iteration_interval == 0 and self.guard.consistent:
-            self._save_periodic(engine, f"{self.file_prefix}_iteration={iteration}.pt")
+            self._save_periodic(engine)
         self._maybe_stop(engine)
 
     def _epoch_completed(self, engine: Engine) -> None:
@@ -292,7 +251,7 @@ class TrainingCheckpoint:
             engine.state.dataloader, self._loader = self._loader, None
         self.guard.epoch_completed(engine)
         if self.epoch_interval and engine.state.epoch % self.epoch_interval == 0:
-            self._save_periodic(engine, f"{self.file_prefix}_epoch={engine.state.epoch}.pt")
+            self._save_periodic(engine)
         self._maybe_stop(engine)
 
     def _completed(self, engine: Engine) -> None:
@@ -301,39 +260,35 @@ class TrainingCheckpoint:
             path = self._write(engine, self.final_filename, "completed")
             self.logger.info("Training completed: final checkpoint %s (%s).", path, self._where())
 
-    def _save_periodic(self, engine: Engine, filename: str) -> None:
-        iteration = self.guard.point[0]  # type: ignore[index]
-        self.saved = [(i, n) for i, n in self.saved if n != filename] + [(iteration, filename)]
-        self._write(engine, filename, "periodic")
-        self._prune()
-
-    def _prune(self) -> None:
-        """Keep the ``n_saved`` newest periodic files and remove the others (called once the newest is complete)."""
-        self.saved.sort()
-        while self.n_saved is not None and len(self.saved) > self.n_saved:
-            _, name = self.saved.pop(0)
-            if idist.get_rank() == 0 and all(name != kept for _, kept in self.saved):
-                with contextlib.suppress(FileNotFoundError):
-                    (self.save_dir / name).unlink()
+    def _save_periodic(self, engine: Engine) -> None:
+        """``<prefix>_epoch=N.pt`` / ``<prefix>_iteration=I.pt`` through Ignite, which keeps the newest ``n_saved``."""
+        self.keeper.reason = "periodic"
+        with self._naming_disk_full():
+            self.keeper(engine)
+        self.last_path = self.save_dir / str(self.keeper.last_checkpoint)
+        self.last_iteration = self.guard.point[0]  # type: ignore[index]
 
     def _write(self, engine: Engine, filename: str, reason: str) -> Path:
-        iteration, rng = self.guard.point  # type: ignore[misc]
-        objects = self.objects()
-        payload = state_tree({k: v for k, v in objects.items() if k != TRAINER_KEY})
-        payload[TRAINER_KEY] = {**objects[TRAINER_KEY].state_dict(), "iteration": iteration}
-        payload[CHECKPOINTER_KEY] = {
-            "version": FORMAT_VERSION,
-            "run_id": self.run_id,
-            "run_started": self.run_started,
-            "saved": [[i, n] for i, n in self.saved],  # before pruning: a restarted process finishes the removal
-            "reason": reason,
-            "rng": rng,
-        }
+        """Write the file ``filename`` outside the kept list (the final, stop or crash checkpoint)."""
+        with self._naming_disk_full():
+            self.keeper.saver(self.keeper.payload(reason), filename)
         path = self.save_dir / filename
-        if idist.get_rank() == 0:
-            atomic_save(payload, path)
-        self.last_path, self.last_iteration = path, iteration
+        self.last_path, self.last_iteration = path, self.guard.point[0]  # type: ignore[index]
         return path
+
+    @contextlib.contextmanager
+    def _naming_disk_full(self) -> Iterator[None]:
+        """A full disk said with the checkpoint to resume from, not a file of the same name."""
+        try:
+            yield
+        except DiskFullError as error:
+            previous = previous_state(self.last_path, "checkpoint")
+            at = f", holding {self._where(self.last_iteration)}" if self.last_path is not None else ""
+            raise DiskFullError(
+                f"disk full (ENOSPC) while writing the checkpoint {error.path}: nothing was written; {previous}{at}. "
+                f"Free space on the disk of {self.save_dir}; to continue, {self.resume_hint}.",
+                error.path,
+            ) from error.__cause__
 
     def _save_now(self, engine: Engine, reason: str) -> Path | None:
         """The file holding the last consistent state, written unless the newest file already holds it."""
@@ -361,6 +316,9 @@ class TrainingCheckpoint:
         raise TrainingInterrupted(signum, message)
 
     def _crashed(self, engine: Engine, e: BaseException) -> None:
+        if isinstance(e, DiskFullError):  # another write would fail the same way; its message says what is kept
+            self.logger.error("Training stopped: %s", e.strerror)
+            return
         error = f"{type(e).__name__}: {e}"
         try:
             consistent, path = self.guard.consistent, self._save_now(engine, "exception")
@@ -387,9 +345,10 @@ class TrainingCheckpoint:
                 self.resume_hint,
             )
 
-    def _where(self) -> str:
+    def _where(self, iteration: int | None = None) -> str:
         state = self._engine.state  # type: ignore[union-attr]
-        iteration = self.guard.point[0] if self.guard.point is not None else state.iteration
+        if iteration is None:
+            iteration = self.guard.point[0] if self.guard.point is not None else state.iteration
         length = state.epoch_length
         if not length:
             return f"iteration {iteration}"

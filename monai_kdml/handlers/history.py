@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +13,7 @@ import ignite.distributed as idist
 from ignite.engine import Events
 from monai.utils import is_scalar
 
-from monai_kdml.keys import ENSEMBLE, cohort_key
+from monai_kdml.keys import ENSEMBLE, cohort_key, split_cohort, split_metric_key, student_index
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -84,6 +83,15 @@ def _float(value: str | None) -> float:
         return math.nan
 
 
+def _student_of(column: str, cohort: str | None, metric: str) -> int | None:
+    """``k`` when ``column`` is ``metric`` of student ``k`` of ``cohort`` (``None``: single-mode), else ``None``."""
+    network, name = split_metric_key(column)
+    if network is None or name != metric:
+        return None
+    network_cohort, network_name = split_cohort(network)
+    return student_index(network_name) if network_cohort == cohort else None
+
+
 def ensemble_vs_best_student(
     rows: Sequence[dict[str, float]], metric: str, cohorts: Sequence[str] | None = None, higher_is_better: bool = True
 ) -> list[dict[str, object]]:
@@ -110,8 +118,7 @@ def ensemble_vs_best_student(
     groups: list[str | None] = list(cohorts) if cohorts else [None]
     for cohort in groups:
         ens_col = f"{cohort_key(cohort, ENSEMBLE)}_{metric}"
-        pattern = re.compile(rf"^{re.escape(cohort_key(cohort, 'student_'))}(\d+)_{re.escape(metric)}$")
-        found = {int(m[1]): c for r in rows for c in r if (m := pattern.match(c))}
+        found = {k: c for r in rows for c in r if (k := _student_of(c, cohort, metric)) is not None}
         student_cols = [found[k] for k in sorted(found)]
         valid = [r for r in rows if not math.isnan(r.get(ens_col, math.nan))]
         if not valid or not student_cols:

@@ -1,27 +1,17 @@
-"""Named output transforms for MONAI's stats handlers (no ``$lambda`` in configs), and the one rule that splits
-output and metric names into a term or metric and a network."""
+"""Named output transforms for MONAI's stats handlers (no ``$lambda`` in configs). The rules that split output and
+metric names into a term or metric and a network live beside the rules that build them, in :mod:`monai_kdml.keys`
+(re-exported here)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from monai_kdml.keys import is_loss_key, split_loss_key, split_metric_key
+
 __all__ = ["loss_terms", "split_loss_key", "split_metric_key", "total_loss"]
-
-# ``loss`` and ``<term>_<network>`` entries, with a cohort's ``<mode>/`` prefix or without; predictions are not losses
-_LOSS_KEY = re.compile(r"^(?:\w+/)?(?:loss|(?!pred_)\w+_(?:teacher|student_\d+))$")
-# a cohort's prefix belongs to the network: ``kd/ml_student_1`` is term ``ml`` of network ``kd/student_1``
-_TERM_NETWORK = re.compile(r"^(?:(?P<cohort>\w+)/)?(?P<term>\w+?)_(?P<network>teacher(?:_\d+)?|student_\d+)$")
-_METRIC_NETWORK = re.compile(
-    r"^(?:(?P<cohort>\w+)/)?(?P<network>teacher(?:_\d+)?|student_\d+|ensemble)_(?P<metric>.+)$"
-)
-
-
-def _network(match: re.Match) -> str:
-    return f"{match['cohort']}/{match['network']}" if match["cohort"] else match["network"]
 
 
 def _first(output: Any) -> Mapping:
@@ -41,36 +31,13 @@ def loss_terms(output: Any) -> dict[str, float]:
     return {
         key: float(value)
         for key, value in _first(output).items()
-        if _LOSS_KEY.match(key) and isinstance(value, (torch.Tensor, float, int)) and _is_scalar(value)
+        if is_loss_key(key) and isinstance(value, (torch.Tensor, float, int)) and _is_scalar(value)
     }
 
 
 def total_loss(output: Any) -> float:
     """The backpropagated total (``loss``) of a trainer's output: a short per-iteration log line."""
     return float(_first(output)["loss"])
-
-
-def split_loss_key(key: str) -> tuple[str, str] | None:
-    """``(term, network)`` of a trainer output key: ``kd_cls_student_0`` -> ``("kd_cls", "student_0")``,
-    ``loss_teacher`` -> ``("loss", "teacher")``, ``kd/ml_student_1`` -> ``("ml", "kd/student_1")``; ``None`` for
-    other keys (``loss``, ``kd/loss``, ``pred_*``)."""
-    if key.rpartition("/")[2].startswith("pred_"):
-        return None
-    match = _TERM_NETWORK.match(key)
-    return (match["term"], _network(match)) if match else None
-
-
-def split_metric_key(key: str, networks: Sequence[str] = ()) -> tuple[str | None, str]:
-    """``(network, metric)`` of a metric name: ``student_1_patient_auc`` -> ``("student_1", "patient_auc")``.
-
-    ``networks`` (e.g. ``["teacher", "student_0", "ensemble", "wbf"]``) are matched first, longest first; then the
-    standard names. A metric of no network (``disagreement``) gives ``(None, key)``.
-    """
-    for name in sorted(networks, key=len, reverse=True):
-        if key.startswith(f"{name}_"):
-            return name, key[len(name) + 1 :]
-    match = _METRIC_NETWORK.match(key)
-    return (_network(match), match["metric"]) if match else (None, key)
 
 
 def _is_scalar(value: Any) -> bool:

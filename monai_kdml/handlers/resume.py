@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointMismatchError",
     "CheckpointReadError",
+    "NothingToResumeError",
     "check_checkpoint",
     "find_resume_checkpoint",
     "load_checkpoint",
@@ -49,6 +50,10 @@ class CheckpointReadError(ValueError):
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint does not fit the configured objects; nothing has been loaded."""
+
+
+class NothingToResumeError(FileNotFoundError):
+    """``--resume true`` found no readable training checkpoint; nothing was started and no file was changed."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,13 @@ def read_checkpoint(path: str | Path, map_location: Any = None, mmap: bool = Fal
     if not path.is_file():
         raise CheckpointReadError(f"no checkpoint file at {path}.")
     try:
-        content = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        try:
+            content = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except RuntimeError as err:
+            if not (mmap and "mmap can only be used" in str(err)):
+                raise
+            # a file in torch's legacy (non-zip) format: read it whole, so its real problem is the one reported
+            content = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, zip errors, ...
         reason = "refused by weights_only loading" if "weights_only" in str(err) else "truncated or damaged"
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -135,6 +146,19 @@ def _info(path: Path) -> CheckpointInfo:
     )
 
 
+def _scan(folder: Path, prefix: str) -> tuple[list[CheckpointInfo], list[tuple[Path, str]]]:
+    """The readable training checkpoints ``<prefix>*.pt`` in ``folder``, and the others with why each is unusable."""
+    found: list[CheckpointInfo] = []
+    unreadable: list[tuple[Path, str]] = []
+    for path in sorted(folder.glob(f"{prefix}*.pt")) if folder.is_dir() else []:
+        try:
+            found.append(_info(path))
+        except CheckpointReadError as err:
+            logger.warning("Skipping checkpoint %s: %s", path.name, err)
+            unreadable.append((path, str(err).replace(str(path), path.name)))
+    return found, unreadable
+
+
 def find_resume_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> CheckpointInfo | None:
     """The newest readable training checkpoint ``<prefix>*.pt`` in ``ckpt_dir``, or ``None``.
 
@@ -143,14 +167,34 @@ def find_resume_checkpoint(ckpt_dir: str | Path, prefix: str = "checkpoint") -> 
     trainer iterations (see :attr:`CheckpointInfo.newness`). Damaged, truncated or refused files are skipped with a
     warning naming them.
     """
-    folder = Path(ckpt_dir)
-    found: list[CheckpointInfo] = []
-    for path in sorted(folder.glob(f"{prefix}*.pt")) if folder.is_dir() else []:
-        try:
-            found.append(_info(path))
-        except CheckpointReadError as err:
-            logger.warning("Skipping checkpoint %s: %s", path.name, err)
+    found, _ = _scan(Path(ckpt_dir), prefix)
     return max(found, key=lambda info: info.newness, default=None)
+
+
+def _nothing_to_resume(folder: Path, prefix: str, unreadable: list[tuple[Path, str]]) -> NothingToResumeError:
+    """The refusal of a resume without a readable checkpoint, saying what ``folder`` holds."""
+    keep = "Nothing was started and every file was left as it was."
+    elsewhere = "or train a new run into another --bundle_root (or replace this one with --overwrite true)."
+    if unreadable:
+        count = len(unreadable)
+        files = f"{count} checkpoint file{'s' if count > 1 else ''}"
+        which = "it is" if count == 1 else "both" if count == 2 else "all"
+        details = "; ".join(reason for _, reason in unreadable)
+        return NothingToResumeError(
+            f"--resume true: nothing to resume from in {folder}: {files}, {which} unreadable: {details} {keep} "
+            f"Restore a readable checkpoint, {elsewhere}"
+        )
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    if others:
+        listed = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        return NothingToResumeError(
+            f"--resume true: nothing to resume from: {folder} holds no {prefix}*.pt, only {listed}, which a fresh run "
+            f"would overwrite. {keep} Restore the checkpoints, {elsewhere}"
+        )
+    state = "is empty" if folder.is_dir() else "does not exist"
+    return NothingToResumeError(
+        f"--resume true: nothing to resume from: {folder} {state}. Start a fresh run without --resume true."
+    )
 
 
 def resume_checkpoint(ckpt_dir: str | Path, resume: bool, prefix: str = "checkpoint") -> str | None:
@@ -162,7 +206,11 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: bool, prefix: str = "checkpo
         prefix: file-name prefix of training checkpoints.
 
     Returns:
-        The newest readable, complete checkpoint (see :func:`find_resume_checkpoint`), or ``None``.
+        The newest readable, complete checkpoint (see :func:`find_resume_checkpoint`), or ``None`` (no resume).
+
+    Raises:
+        NothingToResumeError: ``resume`` and no readable checkpoint; the message says what the folder holds (the
+            unreadable checkpoints and why, or the files a fresh run would overwrite). Resuming never starts afresh.
     """
     folder = Path(ckpt_dir)
     if not resume:
@@ -177,10 +225,10 @@ def resume_checkpoint(ckpt_dir: str | Path, resume: bool, prefix: str = "checkpo
         else:
             logger.info("Starting a fresh run (no checkpoint in %s).", folder)
         return None
-    info = find_resume_checkpoint(folder, prefix)
-    if info is None:
-        logger.warning("Resume requested, but %s holds no readable %s*.pt: starting a fresh run.", folder, prefix)
-        return None
+    found, unreadable = _scan(folder, prefix)
+    if not found:
+        raise _nothing_to_resume(folder, prefix, unreadable)
+    info = max(found, key=lambda info: info.newness)
     logger.info("Resuming from %s (%s).", info.path, info.describe())
     return str(info.path)
 

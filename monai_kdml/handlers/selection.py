@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import ignite.distributed as idist
 from ignite.engine import Events
 
-from monai_kdml.handlers.checkpoint import atomic_save, state_tree
+from monai_kdml.handlers.atomic import atomic_save, state_tree
 
 if TYPE_CHECKING:
     from monai.engines import Workflow

@@ -32,7 +32,8 @@ def campaign(kill_driver, tmp_path: Path, bundle: str, seeds: list[int], kills: 
 def test_sigkill_at_random_moments_loses_nothing(kill_driver, tmp_path: Path, bundle: str, seeds, kills) -> None:
     """22 kills in all (12 MSI + 10 polyp); each resumed run must end exactly where the uninterrupted one did."""
     report = campaign(kill_driver, tmp_path, bundle, seeds, kills, max_epochs=3)
-    assert report["kills"] == len(seeds) * kills and report["resumes"] >= report["kills"]
+    assert report["kills"] == len(seeds) * kills
+    assert report["resumes"] + report["fresh_starts"] >= report["kills"]  # a kill before any checkpoint: fresh
     assert report["failures"] == [] and report["damaged"] == [] and report["regressions"] == []
     assert report["all_equal"], report["seeds"]  # final checkpoint state, model.pt and best_networks.pt
     assert report["kills_during_write"] >= 1  # some kills hit a checkpoint being written
@@ -96,8 +97,9 @@ def test_a_pickle_that_would_run_code_is_refused_everywhere(
     elif entry == "resume":
         (root / "models").mkdir(parents=True)
         (root / "models" / "checkpoint_epoch=9.pt").write_bytes(path.read_bytes())
-        runner.workflow("train.json", "train", bundle_root=str(root), resume=True, max_epochs=1, **tiny)
-        assert (root / "models" / "model.pt").is_file()  # the hostile file was skipped, a fresh run trained
+        overrides = {"bundle_root": str(root), "resume": True, "max_epochs": 1, **tiny}
+        error = _refused(lambda: runner.workflow("train.json", "train", **overrides))
+        assert "checkpoint_epoch=9.pt is refused by weights_only loading" in f"{error} {error.__cause__}"
     else:
         import shutil
 
@@ -134,3 +136,40 @@ def test_resuming_with_another_number_of_students_names_both(msi_bundle, tmp_pat
     assert "`num_students`: trained with 2, configured 3" in f"{error} {error.__cause__}"
     state = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)
     assert len(state["students"]) == 2  # the checkpoint is untouched
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` with its bytes and modification time (ns)."""
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize(("bundle", "damage"), [("msi", "truncated"), ("msi", "deleted"), ("polyp", "truncated")])
+def test_resume_without_a_readable_checkpoint_refuses_and_changes_nothing(
+    msi_bundle, polyp_bundle, trained_runs, tmp_path: Path, bundle: str, damage: str
+) -> None:
+    """Issue 15 case 3: `--resume true` with every checkpoint truncated or deleted refused before training, naming
+    what it found; model.pt, best_networks.pt and every other file of the run stay as they were."""
+    import shutil
+
+    runner, tiny = (msi_bundle, MSI_TINY) if bundle == "msi" else (polyp_bundle, POLYP_TINY)
+    root = tmp_path / "run"
+    shutil.copytree(trained_runs[bundle], root)
+    checkpoints = sorted((root / "models").glob("checkpoint*.pt"))
+    assert checkpoints and (root / "models" / "model.pt").is_file()
+    for path in checkpoints:
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:2000])
+        else:
+            path.unlink()
+    before = _files(root)
+    overrides = {"bundle_root": str(root), "resume": True, "max_epochs": 2, **tiny}
+    error = _refused(lambda: runner.workflow("train.json", "train", **overrides))
+    message = f"{error} {error.__cause__}"
+    assert "--resume true: nothing to resume from" in message and "every file was left as it was" in message
+    if damage == "truncated":
+        assert f"{len(checkpoints)} checkpoint file" in message and "checkpoint_final.pt is truncated" in message
+    else:
+        assert "holds no checkpoint*.pt, only best_networks.pt, model.pt, network.json" in message
+    assert _files(root) == before
