@@ -1,0 +1,111 @@
+"""Inputs that used to end in a silent wrong answer (issue 15): report folders of external cohorts, validation splits
+that cannot select a model, and test sets that overlap the training data."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from monai_kdml.apps.msi import evaluation_split, prepare_msi_datalists, tile_classes
+from monai_kdml.data.evaluation import external_report_name
+
+BINARY = tile_classes(["benign", "malignant"])
+
+
+def _tile(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _folders(root: Path, patients: int = 2, tiles: int = 2, first: int = 0) -> Path:
+    """``root/benign``, ``root/malignant``: ``patients`` TCGA patients of ``tiles`` tiles per class."""
+    for c, name in enumerate(BINARY.names):
+        for p in range(first, first + patients):
+            for t in range(tiles):
+                _tile(root / name / f"blk-{chr(65 + t) * 12}-TCGA-AA-{c * 100 + p:04d}-01Z-00-DX1.png", seed=p + t)
+    return root
+
+
+def _csv(root: Path, rows: list[tuple[int, int, str]]) -> Path:
+    """Tiles ``tiles/<patient>_<n>.png`` listed in ``labels.csv``: one row per (patient, label, split) tuple."""
+    lines = []
+    for n, (patient, label, split) in enumerate(rows):
+        name = f"tiles/{patient}_{n}.png"
+        _tile(root / name, seed=n)
+        lines.append([name, BINARY.names[label], f"patient-{patient:02d}", split])
+    with (root / "labels.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["path", "label", "patient", "split"], *lines])
+    return root / "labels.csv"
+
+
+# ------------------------------------------------------------------------------------- case 4: report folders
+
+
+def test_external_cohorts_whose_folders_share_a_name_get_their_own_report_folder(tmp_path: Path) -> None:
+    a, b = tmp_path / "siteA" / "test", tmp_path / "siteB" / "test"
+    name_a, name_b = external_report_name(a), external_report_name(b)
+    assert name_a != name_b
+    assert name_a.startswith("external_siteA_test_") and name_b.startswith("external_siteB_test_")
+    assert external_report_name(tmp_path / "siteA" / ".." / "siteA" / "test") == name_a  # stable: one per folder
+
+
+def test_two_external_cohorts_named_test_are_scored_into_two_folders(tmp_path: Path) -> None:
+    data = prepare_msi_datalists(
+        _folders(tmp_path / "train", patients=4), tmp_path / "c", classes=BINARY, val_fraction=0.5
+    )
+    splits = [evaluation_split(data, _folders(tmp_path / s / "test", first=10)) for s in ("siteA", "siteB")]
+    assert splits[0].name != splits[1].name and all(s.name.startswith("external_site") for s in splits)
+
+
+# --------------------------------------------------------------------------- cases 8, 9: validation splits
+
+
+def test_one_patient_per_class_is_refused_with_the_counts(tmp_path: Path) -> None:
+    root = _folders(tmp_path / "data", patients=1, tiles=3)
+    with pytest.raises(
+        ValueError, match=r"the validation split is empty \(val_fraction 0.2; train: benign: 3 tiles of 1"
+    ):
+        prepare_msi_datalists(root, tmp_path / "c", classes=BINARY)
+
+
+def test_a_validation_split_of_one_class_is_refused_before_training(tmp_path: Path) -> None:
+    labels = _csv(tmp_path, [(0, 0, "train"), (1, 1, "train"), (2, 0, "val"), (3, 0, "val")])
+    with pytest.raises(
+        ValueError, match=r"has no malignant tile, so its AUC .* is undefined .*validation: benign: 2 tiles"
+    ):
+        prepare_msi_datalists(labels, tmp_path / "c", classes=BINARY, expected_size=None)
+
+
+def test_a_validation_split_of_every_class_passes(tmp_path: Path) -> None:
+    data = prepare_msi_datalists(_folders(tmp_path / "data", patients=2), tmp_path / "c", classes=BINARY)
+    assert {t["label"] for t in data.val} == {0, 1}
+
+
+# ------------------------------------------------------------------- case 10: overlap of training and test
+
+
+def test_a_csv_patient_in_train_and_test_rows_is_refused_at_training(tmp_path: Path) -> None:
+    rows = [(p, p % 2, "train") for p in range(6)] + [(6, 0, "test"), (0, 0, "test")]
+    labels = _csv(tmp_path, rows)
+    with pytest.raises(ValueError, match=r"its `test` rows\): 1 of its 2 patients also have training .*patient-00"):
+        prepare_msi_datalists(labels, tmp_path / "c", classes=BINARY, expected_size=None)
+
+
+def test_the_training_folder_as_test_dir_is_refused(tmp_path: Path) -> None:
+    root = _folders(tmp_path / "data", patients=3)
+    data = prepare_msi_datalists(root, tmp_path / "c", classes=BINARY)
+    with pytest.raises(ValueError, match=r"`test_dir` .*data: 12 of its 12 files were used for training"):
+        evaluation_split(data, test_dir=root)
+
+
+def test_an_external_cohort_sharing_patient_ids_is_scored_with_a_counted_warning(tmp_path: Path, caplog) -> None:
+    data = prepare_msi_datalists(_folders(tmp_path / "data", patients=3), tmp_path / "c", classes=BINARY)
+    with caplog.at_level(logging.WARNING):
+        split = evaluation_split(data, test_dir=_folders(tmp_path / "other", patients=3, tiles=1))
+    assert len(split.items) == 6 and "6 patients also have training or validation tiles" in caplog.text
