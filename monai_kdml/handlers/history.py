@@ -14,6 +14,7 @@ import ignite.distributed as idist
 from ignite.engine import Events
 from monai.utils import is_scalar
 
+from monai_kdml.data.csv_cells import escape_rows
 from monai_kdml.keys import ENSEMBLE, cohort_key
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class MetricsHistoryWriter:
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(escape_rows(rows))
         os.replace(tmp, self.path)
 
 

@@ -12,6 +12,7 @@ import ignite.distributed as idist
 from ignite.engine import Events
 
 from monai_kdml.apps.msi.patients import PATIENT_KEY, PatientScoreOutput, patient_level_scores
+from monai_kdml.data.csv_cells import escape_row
 from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
 from monai_kdml.metrics import compression_table, plot_roc_curves
@@ -130,7 +131,7 @@ class ClassificationReport:
             writer.writerow(["path", "patient_id", "label", "class", *(f"p_{n}" for n in self.names)])
             for i, path in enumerate(paths):
                 probs = [f"{rows[n][i]:.6f}" for n in self.names]
-                writer.writerow([path, rows["patient"][i], labels[i], rows["class"][i], *probs])
+                writer.writerow(escape_row([path, rows["patient"][i], labels[i], rows["class"][i], *probs]))
 
     def _write_patients(self, patients: dict[str, list[dict]]) -> None:
         first = patients[self.names[0]]
@@ -139,7 +140,7 @@ class ClassificationReport:
             writer.writerow(["patient_id", "num_tiles", "label", *(f"p_{n}" for n in self.names)])
             for i, row in enumerate(first):
                 probs = [f"{patients[n][i]['probability']:.6f}" for n in self.names]
-                writer.writerow([row["patient_id"], row["num_tiles"], row.get("label", ""), *probs])
+                writer.writerow(escape_row([row["patient_id"], row["num_tiles"], row.get("label", ""), *probs]))
 
     def _summary(self, engine: Engine, num_tiles: int, num_patients: int) -> str:
         metrics = engine.state.metrics

@@ -9,10 +9,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from monai.engines import SupervisedEvaluator
 from PIL import Image
 
-from monai_kdml.apps.msi import evaluation_split, prepare_msi_datalists, tile_classes
+from monai_kdml.apps.msi import (
+    TilePredictionWriter,
+    evaluation_split,
+    prepare_msi_datalists,
+    tile_classes,
+    tile_datalist,
+    tile_transforms,
+)
+from monai_kdml.data.csv_cells import escape_cell
 from monai_kdml.data.evaluation import external_report_name
+from monai_kdml.networks import StudentEnsemble, build_network
 
 BINARY = tile_classes(["benign", "malignant"])
 
@@ -109,3 +121,31 @@ def test_an_external_cohort_sharing_patient_ids_is_scored_with_a_counted_warning
     with caplog.at_level(logging.WARNING):
         split = evaluation_split(data, test_dir=_folders(tmp_path / "other", patients=3, tiles=1))
     assert len(split.items) == 6 and "6 patients also have training or validation tiles" in caplog.text
+
+
+# --------------------------------------------------------------------------------- case 6: CSV injection
+
+FORMULAS = ("=HYPERLINK(1)", "+SUM(A1)", "@cmd", "-2+3", "\tx")
+
+
+def test_tile_and_patient_names_that_read_as_formulas_are_escaped_in_the_inference_csvs(tmp_path: Path) -> None:
+    for n, name in enumerate((*FORMULAS, "plain")):
+        _tile(tmp_path / "tiles" / f"{name}.png", seed=n)
+    datalist = tile_datalist(tmp_path / "tiles")
+    ensemble = StudentEnsemble([build_network("resnet10_slim") for _ in range(2)])
+    loader = DataLoader(Dataset(datalist, tile_transforms(32, labels=False)), batch_size=4)
+    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=ensemble)
+    TilePredictionWriter(tmp_path / "out", ensemble).attach(evaluator)
+    evaluator.run()
+    with (tmp_path / "out" / "patients.csv").open(newline="") as f:
+        patients = {row["patient_id"]: row for row in csv.DictReader(f)}
+    assert set(patients) == {*(f"'{name}" for name in FORMULAS), "plain"}
+    assert all(float(row["probability"]) >= 0 for row in patients.values())  # numbers stay numbers
+    with (tmp_path / "out" / "tiles.csv").open(newline="") as f:
+        assert {row["patient_id"] for row in csv.DictReader(f)} == set(patients)
+
+
+def test_the_escaping_rule_keeps_numbers_and_plain_text() -> None:
+    assert [escape_cell(v) for v in ("-0.25", "1e-3", "TCGA-AA-3516", 3, -1.5, "\rx", "=1")] == [
+        "-0.25", "1e-3", "TCGA-AA-3516", 3, -1.5, "'\rx", "'=1",
+    ]  # fmt: skip
