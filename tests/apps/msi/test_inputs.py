@@ -149,3 +149,25 @@ def test_the_escaping_rule_keeps_numbers_and_plain_text() -> None:
     assert [escape_cell(v) for v in ("-0.25", "1e-3", "TCGA-AA-3516", 3, -1.5, "\rx", "=1")] == [
         "-0.25", "1e-3", "TCGA-AA-3516", 3, -1.5, "'\rx", "'=1",
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------------- cases 16, 17: batches of one sample
+
+TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--max_epochs", "1"]
+
+
+def test_a_training_split_of_one_more_than_the_batch_size_trains_and_says_what_it_left_out(
+    msi_bundle, tmp_path: Path
+) -> None:
+    """16 training tiles at batch size 5 left a last batch of one: BatchNorm stopped the run at the end of epoch 1."""
+    out = msi_bundle.cli("--bundle_root", str(tmp_path), *TINY, "--batch_size", "5")
+    log = out.stdout + out.stderr
+    assert "16 training tiles, batch size 5: the last batch of each epoch would hold 1 sample" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_batch_size_1_at_32_px_is_refused_before_training(msi_bundle, tmp_path: Path) -> None:
+    out = msi_bundle.cli("--bundle_root", str(tmp_path), *TINY, "--batch_size", "1", check=False)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and "`batch_size` 1: the teacher's BatchNorm layer" in log
+    assert "sees a 1 x 1 map at `image_size` 32" in log and not (tmp_path / "models" / "model.pt").exists()
