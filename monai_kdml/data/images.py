@@ -37,6 +37,7 @@ __all__ = [
     "bomb_error",
     "inspect_image",
     "is_image_file",
+    "is_listed_file",
     "scaling_of",
     "set_max_image_pixels",
     "to_rgb",
@@ -61,6 +62,15 @@ def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` names a visible image file: an :data:`IMAGE_SUFFIXES` suffix, not hidden (``.``, ``._``)."""
     name = Path(path).name
     return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+def is_listed_file(path: Path) -> bool:
+    """Whether a folder listing keeps ``path``: a file, or a link whose target is gone.
+
+    A dangling link is listed so that the check (:func:`inspect_image`) counts and names it ("no such file") instead
+    of it vanishing from the counts.
+    """
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 class ImageFileError(ValueError):

@@ -25,7 +25,7 @@ from monai_kdml.apps.msi.kather import (
 from monai_kdml.apps.msi.label_csv import is_label_csv, read_label_csv
 from monai_kdml.apps.msi.tiles import TileCheckReport, check_tiles
 from monai_kdml.data.evaluation import EvaluationSplit, check_no_overlap, external_split, held_out_split
-from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_file
+from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_file, is_listed_file
 
 __all__ = ["MSIDatalists", "check_validation_split", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
 
@@ -266,7 +266,7 @@ def tile_datalist(
     elif not root.is_dir():
         raise FileNotFoundError(f"dataset_dir {root} is not a folder (nor a .csv file).")
     else:
-        paths = sorted(p for p in root.rglob("*") if is_image_file(p) and p.is_file())
+        paths = sorted(p for p in root.rglob("*") if is_image_file(p) and is_listed_file(p))
         if not paths:
             raise FileNotFoundError(f"dataset_dir {root} holds no image tiles ({', '.join(IMAGE_SUFFIXES)}).")
         items = [{"image": str(p), "patient": patient_id_from_path(p)} for p in paths]

@@ -42,6 +42,7 @@ from monai_kdml.data.images import (
     ImageFileError,
     inspect_image,
     is_image_file,
+    is_listed_file,
     scaling_of,
     to_rgb,
 )
@@ -161,7 +162,7 @@ def _index_images(folder: Path) -> dict[str, Path]:
     """``{id: file}`` for the image files directly in ``folder`` (hidden files ignored)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if is_image_file(path) and path.is_file():
+        if is_image_file(path) and is_listed_file(path):
             if path.stem in found:
                 raise ValueError(
                     f"{folder}: two files for image id {path.stem!r}: {found[path.stem].name}, {path.name}"

@@ -22,6 +22,7 @@ from monai_kdml.apps.msi import (
     tile_datalist,
     tile_transforms,
 )
+from monai_kdml.apps.polyp.datalists import polyp_inference_datalist
 from monai_kdml.data.csv_cells import escape_cell
 from monai_kdml.data.evaluation import external_report_name
 from monai_kdml.networks import StudentEnsemble, build_network
@@ -171,3 +172,25 @@ def test_batch_size_1_at_32_px_is_refused_before_training(msi_bundle, tmp_path: 
     log = out.stdout + out.stderr
     assert out.returncode != 0 and "`batch_size` 1: the teacher's BatchNorm layer" in log
     assert "sees a 1 x 1 map at `image_size` 32" in log and not (tmp_path / "models" / "model.pt").exists()
+
+
+# ------------------------------------------------------------------------- case 12: dangling symlinks
+
+
+def test_dangling_links_in_a_tile_folder_are_counted_and_named_at_inference(tmp_path: Path, caplog) -> None:
+    for n in range(3):
+        _tile(tmp_path / "tiles" / f"tile_{n}.png", seed=n)
+    (tmp_path / "tiles" / "gone.png").symlink_to(tmp_path / "elsewhere" / "gone.png")
+    with caplog.at_level(logging.WARNING):
+        items = tile_datalist(tmp_path / "tiles")
+    assert len(items) == 3
+    assert "1 of 4 tiles in" in caplog.text and "gone.png" in caplog.text
+
+
+def test_dangling_links_among_polyp_frames_are_counted_and_named_at_inference(tmp_path: Path, caplog) -> None:
+    for n in range(2):
+        _tile(tmp_path / "frames" / f"frame_{n}.jpg", seed=n)
+    (tmp_path / "frames" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with caplog.at_level(logging.WARNING):
+        items = polyp_inference_datalist(tmp_path / "frames")
+    assert len(items) == 2 and "1 of 3 frames in" in caplog.text and "gone.jpg: no such file" in caplog.text
