@@ -43,6 +43,7 @@ class TileCheckReport:
     modes: Counter[str] = field(default_factory=Counter)
     sizes: Counter[str] = field(default_factory=Counter)
     scaled: Counter[str] = field(default_factory=Counter)
+    oriented: int = 0
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     unreadable: list[str] = field(default_factory=list)
     decode: bool | None = None
@@ -75,6 +76,7 @@ class TileCheckReport:
             f"  scaled from 16-bit:             {self.scaled['16-bit']}",
             f"  scaled from float [0, 1]:       {self.scaled['float']}",
             f"  resized by the pipeline:        {self.resized} {dict(self.sizes) or ''}",
+            f"  turned by their EXIF tag:       {self.oriented}",
         ]
         lines += [f"  e.g. {kind}: {line}" for kind, examples in self.examples.items() for line in examples]
         return "\n".join(line.rstrip() for line in lines)
@@ -175,6 +177,9 @@ def check_tiles(
         if res.mode != "RGB":
             report.modes[res.mode] += 1
             report._note("converted", f"{res.path}: mode {res.mode}")
+        if res.orientation != 1:
+            report.oriented += 1
+            report._note("oriented", f"{res.path}: EXIF orientation {res.orientation}, read as displayed")
         if scaling_of(res.mode):
             report.scaled[str(scaling_of(res.mode))] += 1
         if expected_size is not None and (res.height, res.width) != tuple(expected_size):

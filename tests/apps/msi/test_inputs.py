@@ -23,6 +23,7 @@ from monai_kdml.apps.msi import (
     tile_transforms,
 )
 from monai_kdml.apps.polyp.datalists import polyp_inference_datalist
+from monai_kdml.apps.polyp.kvasir import kvasir_preflight
 from monai_kdml.data.csv_cells import escape_cell
 from monai_kdml.data.evaluation import external_report_name
 from monai_kdml.networks import StudentEnsemble, build_network
@@ -194,3 +195,22 @@ def test_dangling_links_among_polyp_frames_are_counted_and_named_at_inference(tm
     with caplog.at_level(logging.WARNING):
         items = polyp_inference_datalist(tmp_path / "frames")
     assert len(items) == 2 and "1 of 3 frames in" in caplog.text and "gone.jpg: no such file" in caplog.text
+
+
+# ------------------------------------------------------------------------- case 13: EXIF orientation
+
+
+def test_a_polyp_frame_with_an_exif_orientation_pairs_with_its_displayed_mask(tmp_path: Path) -> None:
+    """The frame is stored 20 x 40 (h x w) with tag 6 (shown 40 x 20); its mask is drawn on what a viewer shows."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.full((20, 40, 3), 128, dtype=np.uint8)).save(tmp_path / "images" / "f0.jpg", exif=exif)
+    mask = np.zeros((40, 20), dtype=np.uint8)
+    mask[25:35, 5:15] = 255  # in the displayed frame: x 5..15, y 25..35
+    Image.fromarray(mask).save(tmp_path / "masks" / "f0.png")
+    frames, report = kvasir_preflight(tmp_path)
+    assert report.exif_oriented == ["f0"] and not report.mask_size_mismatch
+    assert [[round(v) for v in box] for box in frames[0]["box"]] == [[5, 25, 15, 35]]
+    assert "exif oriented                  1   e.g. f0" in report.summary()
