@@ -65,7 +65,7 @@ def prepare_msi_datalists(
     cohort: str | None = None,
     balance: Literal["none", "undersample", "weighted"] = "none",
     expected_size: tuple[int, int] | None = (224, 224),
-    decode: bool | None = None,
+    decode: bool | str | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     with_test: bool = False,
     demo_patients: int = 48,
@@ -236,7 +236,7 @@ def _check_disjoint(train: list[dict[str, Any]], val: list[dict[str, Any]], csv_
 def tile_datalist(
     folder: str | Path,
     expected_size: tuple[int, int] | None = None,
-    decode: bool | None = None,
+    decode: bool | str | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> list[dict[str, Any]]:
     """Every image tile under ``folder`` (recursively, sorted) or listed in a CSV, checked like training tiles, for

@@ -214,3 +214,17 @@ def test_a_polyp_frame_with_an_exif_orientation_pairs_with_its_displayed_mask(tm
     assert report.exif_oriented == ["f0"] and not report.mask_size_mismatch
     assert [[round(v) for v in box] for box in frames[0]["box"]] == [[5, 25, 15, 35]]
     assert "exif oriented                  1   e.g. f0" in report.summary()
+
+
+# ------------------------------------------------------------------------------ case 20: --decode true
+
+
+@pytest.mark.parametrize(("word", "decoded"), [("true", 8), ("False", 0), ("null", 0)])
+def test_decode_given_as_a_command_line_word(tmp_path: Path, word: str, decoded: int) -> None:
+    data = prepare_msi_datalists(_folders(tmp_path / "d", patients=2), tmp_path / "c", classes=BINARY, decode=word)
+    assert data.report.decoded == decoded  # PNG tiles: decoded only when asked
+
+
+def test_a_bad_decode_value_names_the_key_and_the_words(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"`decode` must be true \(decode every tile\), false .* got 'yes'"):
+        prepare_msi_datalists(_folders(tmp_path / "d", patients=2), tmp_path / "c", classes=BINARY, decode="yes")
