@@ -385,7 +385,8 @@ class DetectionSummaryWriter:
             cohorts = [c for c in dict.fromkeys(split_cohort(n)[0] for n in self.networks) if c is not None] or None
             students = sum(split_cohort(n)[1].startswith("student_") for n in self.networks) // len(cohorts or [0])
             verdict = ensemble_vs_best_student(read_history(self.history), "map", cohorts)
-            lines += ["", *ensemble_verdict_lines(verdict, "mAP", students)]
+            costs = "the params_M and GMACs columns" if self.compression is not None else None
+            lines += ["", *ensemble_verdict_lines(verdict, "mAP", students, costs)]
         (self.output_dir / "summary.md").write_text("\n".join(lines) + "\n")
         logger.info("Detection summary (%s):\n%s", self.output_dir / "summary.md", "\n".join(lines))
 
