@@ -218,8 +218,8 @@ def check_validation_split(
     )
     raise ValueError(
         f"{source}: {problem} (val_fraction {val_fraction}; train: {counts(train)}; validation: {counts(val)}). "
-        "The patient split keeps a class's only patient in training: give every class at least 2 patients (or "
-        "`val` rows of every class in a CSV)."
+        "Give every class at least 2 patients (the patient split keeps a class's only patient in training), or a "
+        "CSV's `val` rows of every class."
     )
 
 
