@@ -228,3 +228,14 @@ def test_decode_given_as_a_command_line_word(tmp_path: Path, word: str, decoded:
 def test_a_bad_decode_value_names_the_key_and_the_words(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"`decode` must be true \(decode every tile\), false .* got 'yes'"):
         prepare_msi_datalists(_folders(tmp_path / "d", patients=2), tmp_path / "c", classes=BINARY, decode="yes")
+
+
+def test_the_polyp_training_loader_drops_a_last_batch_of_one_too(polyp_bundle, tmp_path: Path) -> None:
+    tiny = {"preset": "tiny", "image_size": 64, "demo_images": 16, "demo_image_size": 80}
+    workflow = polyp_bundle.workflow("train.json", "train", run=False, bundle_root=str(tmp_path), **tiny)
+    train = len(workflow.parser.get_parsed_content("data").train)
+    for batch_size in (train - 1, train - 2):  # a remainder of 1, then of 2
+        workflow.parser["batch_size"] = batch_size
+        loader = workflow.parser.get_parsed_content("train#dataloader", instantiate=True, lazy=False)
+        assert loader.drop_last is (batch_size == train - 1)
+        assert len(loader) == 1 if batch_size == train - 1 else len(loader) == 2
