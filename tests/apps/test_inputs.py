@@ -1,5 +1,6 @@
-"""Inputs that used to end in a silent wrong answer (issue 15): report folders of external cohorts, validation splits
-that cannot select a model, and test sets that overlap the training data."""
+"""Hostile and unusual inputs of issue 15, both apps: report folders of external cohorts, CSV injection, validation
+splits that cannot select a model, test sets that overlap the training data, dangling links, EXIF orientation,
+batches of one sample and command-line words for ``decode``."""
 
 from __future__ import annotations
 
