@@ -149,9 +149,10 @@ def test_tile_and_patient_names_that_read_as_formulas_are_escaped_in_the_inferen
 
 
 def test_the_escaping_rule_keeps_numbers_and_plain_text() -> None:
-    assert [escape_cell(v) for v in ("-0.25", "1e-3", "TCGA-AA-3516", 3, -1.5, "\rx", "=1")] == [
-        "-0.25", "1e-3", "TCGA-AA-3516", 3, -1.5, "'\rx", "'=1",
-    ]  # fmt: skip
+    kept = ("-0.25", "1e-3", "-1e-3", "+3", "-inf", "-0.012 ± 0.004", "-", "TCGA-AA-3516", 3, -1.5)
+    assert [escape_cell(v) for v in kept] == list(kept)
+    formulas = ("-2+3", "-2+3+cmd|' /C calc'!A0", "=1", "@x", "\rx", "--")
+    assert [escape_cell(v) for v in formulas] == [f"'{v}" for v in formulas]
 
 
 # ------------------------------------------------------------------- cases 16, 17: batches of one sample
