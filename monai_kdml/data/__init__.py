@@ -1,6 +1,7 @@
 """Generic data utilities shared by the apps: image checks, the one RGB loader, atomically built cache folders and
 the rule of what an evaluation scores, random per-student views of a batch."""
 
+from monai_kdml.data.batches import check_single_sample_batches, drop_last_batch_of_one
 from monai_kdml.data.cache import ensure_cache_folder
 from monai_kdml.data.datasets import CACHE_MODES, AfterCache, cached_bytes, cached_dataset, choose_cache
 from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
@@ -34,7 +35,9 @@ __all__ = [
     "bomb_error",
     "cached_bytes",
     "cached_dataset",
+    "check_single_sample_batches",
     "choose_cache",
+    "drop_last_batch_of_one",
     "ensure_cache_folder",
     "external_split",
     "held_out_split",

@@ -12,6 +12,11 @@ checks apply the same function, so what they keep, the loaders read alike):
   refused with an :class:`ImageFileError` of kind ``"unsupported"``: guessing a range (min-max per image) would change
   the intensities a network learns from, silently.
 
+Orientation: an image whose EXIF orientation tag says it is displayed rotated or mirrored (phone and endoscope JPEGs)
+is read as displayed (Pillow's ``ImageOps.exif_transpose``), frames, masks and tiles alike, since boxes and masks are
+drawn on what a viewer shows; :func:`inspect_image` reports the displayed size and the tag, so the checks count such
+files.
+
 Size: an image of more than ``max_image_pixels`` pixels (default :data:`MAX_IMAGE_PIXELS`, PIL's own limit against
 decompression bombs, about 9459 x 9459) is refused with kind ``"too_large"``. PIL's limit is process-wide
 (``PIL.Image.MAX_IMAGE_PIXELS``): :func:`inspect_image` and :class:`~monai_kdml.data.LoadRGBImaged` set it to their
@@ -27,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -35,8 +40,11 @@ __all__ = [
     "ImageFileError",
     "ImageInfo",
     "bomb_error",
+    "displayed_size",
+    "exif_orientation",
     "inspect_image",
     "is_image_file",
+    "is_listed_file",
     "scaling_of",
     "set_max_image_pixels",
     "to_rgb",
@@ -61,6 +69,15 @@ def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` names a visible image file: an :data:`IMAGE_SUFFIXES` suffix, not hidden (``.``, ``._``)."""
     name = Path(path).name
     return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
+def is_listed_file(path: Path) -> bool:
+    """Whether a folder listing keeps ``path``: a file, or a link whose target is gone.
+
+    A dangling link is listed so that the check (:func:`inspect_image`) counts and names it ("no such file") instead
+    of it vanishing from the counts.
+    """
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 class ImageFileError(ValueError):
@@ -92,6 +109,8 @@ class ImageInfo:
         mode: PIL mode, e.g. ``"RGB"``, ``"RGBA"``, ``"L"``, ``"I;16"``.
         format: PIL format, e.g. ``"PNG"``, ``"JPEG"``.
         decoded: whether the pixels were decoded (and converted by :func:`to_rgb`), not only the header checked.
+        orientation: the EXIF orientation tag (1: as stored; 2-8: :func:`to_rgb` turns it to the displayed
+            orientation, whose size ``width`` and ``height`` are).
     """
 
     path: str
@@ -100,6 +119,31 @@ class ImageInfo:
     mode: str
     format: str = ""
     decoded: bool = True
+    orientation: int = 1
+
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = (5, 6, 7, 8)  # the orientations that turn the image by 90 degrees
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1, "as stored", when it has none or an invalid one).
+
+    A PNG's EXIF chunk comes before its pixels (PNG 3rd edition), so a PNG without one in its header has none: asking
+    Pillow anyway would decode the whole file, which the PNG checksum check avoids.
+    """
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    try:
+        value = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except (TypeError, ValueError, SyntaxError, OSError):  # a damaged EXIF block reads as "no orientation"
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def displayed_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image as displayed, i.e. after its EXIF orientation."""
+    return (img.height, img.width) if exif_orientation(img) in _SWAPS_AXES else (img.width, img.height)
 
 
 def scaling_of(mode: str) -> str | None:
@@ -205,6 +249,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img.load()
     except _DAMAGE as err:
         raise ImageFileError(path, f"corrupt or truncated image ({err})") from None
+    if exif_orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)  # what a viewer shows, and what boxes and masks were drawn on
     if img.mode == "RGB":
         return img
     if scaling_of(img.mode) is not None:
@@ -245,10 +291,13 @@ def inspect_image(
             info = ImageInfo(str(path), img.width, img.height, img.mode, img.format or "", decoded=False)
             _check_size(img, path)
             img.verify()
-        full = decode or (decode is None and info.format != "PNG") or info.mode not in _HEADER_SAFE
-        if full:
-            with Image.open(path) as img:
+        with Image.open(path) as img:  # verify() leaves the image unusable; reading EXIF before it breaks verify()
+            orientation = exif_orientation(img)
+            width, height = displayed_size(img)
+            full = decode or (decode is None and info.format != "PNG") or info.mode not in _HEADER_SAFE
+            if full:
                 to_rgb(img)
+        info = ImageInfo(info.path, width, height, info.mode, info.format, decoded=False, orientation=orientation)
     except ImageFileError:
         raise
     except Image.DecompressionBombError as err:  # PIL refuses at open what is over twice its limit
@@ -257,4 +306,4 @@ def inspect_image(
         raise ImageFileError(path, "not an image file PIL can read", "not_image") from None
     except _DAMAGE as err:
         raise ImageFileError(path, f"corrupt or truncated image ({err})") from None
-    return ImageInfo(info.path, info.width, info.height, info.mode, info.format, decoded=bool(full))
+    return ImageInfo(info.path, info.width, info.height, info.mode, info.format, bool(full), info.orientation)

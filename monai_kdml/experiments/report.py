@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_kdml.data.csv_cells import escape_rows
 from monai_kdml.experiments.stats import mean_std, paired_differences
 from monai_kdml.experiments.tasks import REFERENCE, TASKS, Task
 from monai_kdml.keys import ENSEMBLE
@@ -313,7 +314,7 @@ def write_reports(results_dir: str | Path, tasks: Sequence[str], hparams_dir: st
         with csv_path.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(escape_rows(rows))
         md_path.write_text("\n".join(_task_report(task, runs, results_dir, costs)))
         _plot(task, cells, png_path)
         if hparams_dir is not None:

@@ -13,12 +13,13 @@ import ignite.distributed as idist
 from ignite.engine import Events
 from monai.utils import is_scalar
 
+from monai_kdml.data.csv_cells import escape_rows
 from monai_kdml.keys import ENSEMBLE, cohort_key, split_cohort, split_metric_key, student_index
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["MetricsHistoryWriter", "ensemble_verdict_lines", "ensemble_vs_best_student", "read_history"]
+__all__ = ["TIE_MARGIN", "MetricsHistoryWriter", "ensemble_verdict_lines", "ensemble_vs_best_student", "read_history"]
 
 
 class MetricsHistoryWriter:
@@ -55,7 +56,7 @@ class MetricsHistoryWriter:
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=header)
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(escape_rows(rows))
         os.replace(tmp, self.path)
 
 
@@ -142,8 +143,28 @@ def ensemble_vs_best_student(
     return results
 
 
-def ensemble_verdict_lines(results: Sequence[dict[str, object]], metric: str, num_students: int) -> list[str]:
-    """Markdown of :func:`ensemble_vs_best_student`: a heading, a table (one row per cohort) and what it means."""
+TIE_MARGIN = 0.005
+"""Validation margins (ensemble - best student) within this are called a tie: a few thousandths are what another seed
+changes, so they are no reason to deploy K students instead of one."""
+
+
+def ensemble_verdict_lines(
+    results: Sequence[dict[str, object]],
+    metric: str,
+    num_students: int,
+    costs: str | None = "the Compression section",
+    tie_margin: float = TIE_MARGIN,
+) -> list[str]:
+    """Markdown of :func:`ensemble_vs_best_student`: a heading, a table (one row per cohort) and what it means.
+
+    Args:
+        results: :func:`ensemble_vs_best_student`.
+        metric: the metric's name as shown.
+        num_students: students per ensemble.
+        costs: where the report gives the networks' costs (e.g. ``"the params_M and GMACs columns"``); ``None``: the
+            report has none, and the text points nowhere.
+        tie_margin: the ensemble is called ahead only when its margin is larger than this.
+    """
     if not results:
         return []
     lines = [
@@ -158,16 +179,22 @@ def ensemble_verdict_lines(results: Sequence[dict[str, object]], metric: str, nu
     ]
     for r in results:
         margin = float(r["margin"])  # type: ignore[arg-type]
-        verdict = "ensemble ahead" if margin > 0 else "best student alone is as good (cheaper)"
+        if margin > tie_margin:
+            verdict = "ensemble ahead"
+        elif margin >= -tie_margin:
+            verdict = f"tie (within ±{tie_margin:g}): best student alone is as good (cheaper)"
+        else:
+            verdict = "best student alone is better (and cheaper)"
         lines.append(
             f"| {r['cohort'] or '-'} | {r['epoch']} | {float(r['ensemble']):.4f} | {r['student']} "  # type: ignore[arg-type]
             f"{float(r['best_student']):.4f} | {margin:+.4f} | {r['ahead']} of {r['validations']} | {verdict} |"  # type: ignore[arg-type]
         )
+    where = f" (see {costs})" if costs else ""
     lines += [
         "",
-        f"The ensemble costs {num_students} students' parameters and MACs (see Compression); where it is not ahead on "
-        "validation, deploying its best student alone gives the same accuracy at 1/K of the cost. Validation "
-        "margins of a few thousandths are within what another seed changes.",
+        f"The ensemble costs {num_students} students' parameters and MACs{where}; where it is not ahead on validation, "
+        "deploying its best student alone gives the same accuracy at 1/K of the cost. Validation margins of a few "
+        f"thousandths are within what another seed changes, so a margin within ±{tie_margin:g} is called a tie.",
         "",
     ]
     return lines

@@ -97,16 +97,28 @@ def read_state_dict(
 
 
 def _read_file(path: Path, where: str, config_key: str) -> Any:
+    """Read by content, not by name: a ``torch.save`` file named ``.safetensors`` (or the reverse) is read as what it
+    is, with a WARNING naming the file; a file that is neither is refused in one line."""
     if not path.is_file():
         raise FileNotFoundError(f"`{config_key}`: no file at {path}.")
-    if path.suffix == ".safetensors":
+    kind = _file_format(path)
+    named = "safetensors" if path.suffix == ".safetensors" else "torch"
+    if kind is None and named == "safetensors":
+        raise ValueError(f"{where} is neither a safetensors file nor a torch.save file (its first bytes fit neither).")
+    if kind is not None and kind != named:
+        logger.warning("%s: named like a %s file but holds a %s file; read as the latter.", where, named, kind)
+    if kind == "safetensors":
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise ModuleNotFoundError(f"{where}: reading .safetensors needs the package `safetensors`.") from None
-        return load_file(str(path))
+            raise ModuleNotFoundError(f"{where}: reading a safetensors file needs the package `safetensors`.") from None
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors' own error type (SafetensorError) is not importable everywhere
+            raise ValueError(f"{where} is not a readable safetensors file: {err}") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with path.open("rb") as f:  # a file object: torch.load hands a path named .safetensors to safetensors
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{where} was refused: it is not a plain weights file (torch.load(weights_only=True) would have to run "
@@ -115,6 +127,18 @@ def _read_file(path: Path, where: str, config_key: str) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError) as err:
         raise ValueError(f"{where} is not a readable torch.save file: {err}") from None
+
+
+def _file_format(path: Path) -> str | None:
+    """``"torch"`` (a zip or a pickle, as ``torch.save`` writes), ``"safetensors"`` (an 8-byte header length, then
+    JSON), or ``None``."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if head.startswith((b"PK\x03\x04", b"\x80")):
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return "safetensors"
+    return None
 
 
 def apply_key_map(state: Mapping[str, Tensor], key_map: Mapping[str, str] | None) -> dict[str, Tensor]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from monai.data import DataLoader, Dataset, PILReader
 from monai.transforms import LoadImaged
-from PIL import Image
+from PIL import Image, ImageOps
 
 from monai_kdml.apps.msi.tiles import check_tiles
 from monai_kdml.apps.msi.transforms import tile_transforms
@@ -112,3 +112,33 @@ def test_a_tile_failing_in_a_loader_worker_ends_with_an_error_naming_it(hidden_d
     lines = str(worker.value).splitlines()
     assert f"failed: {hidden_damage_png}: corrupt or truncated" in lines[-1]  # the last line names the file
     assert len(lines) < 60  # one short chain, no reader-by-reader tracebacks
+
+
+# --------------------------------------------------------------- EXIF orientation (issue 15, case 13)
+
+
+def _exif_rotated(path: Path, orientation: int = 6) -> np.ndarray:
+    """A 20 x 40 (h x w) frame stored unrotated with an EXIF tag; returns the pixels a viewer shows."""
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:5, :10] = 255  # a white corner, so a rotation shows
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, exif=exif)  # PNG: lossless, so the comparison is exact
+    with Image.open(path) as img:
+        return np.asarray(ImageOps.exif_transpose(img))
+
+
+def test_frames_with_an_exif_orientation_are_loaded_as_displayed(tmp_path: Path) -> None:
+    displayed = _exif_rotated(tmp_path / "frame.png")
+    assert displayed.shape == (40, 20, 3)
+    loaded = LoadRGBImaged("image")({"image": str(tmp_path / "frame.png")})["image"]  # MONAI's (W, H, C)
+    np.testing.assert_array_equal(np.asarray(loaded).transpose(1, 0, 2), displayed)
+    info = inspect_image(tmp_path / "frame.png")
+    assert (info.width, info.height, info.orientation) == (20, 40, 6)
+
+
+def test_the_tile_check_counts_and_names_exif_oriented_tiles(tmp_path: Path) -> None:
+    _exif_rotated(tmp_path / "tile.png")
+    _, report = check_tiles([{"image": str(tmp_path / "tile.png")}], expected_size=(40, 20))
+    assert report.oriented == 1 and report.resized == 0  # the displayed size is 40 x 20 (h x w)
+    assert "turned by their EXIF tag:       1" in report.summary()

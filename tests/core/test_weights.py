@@ -189,3 +189,29 @@ def test_torchvision_source_names_the_biased_shortcut(tmp_path: Path) -> None:
     biased = ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=2, conv1_t_stride=2, num_classes=1000)
     with pytest.raises(ValueError, match=r"3 missing keys \[layer2\.0\.downsample\.0\.bias.*build_network"):
         load_pretrained(biased, tmp_path / "r18.pth", source="torchvision")
+
+
+@pytest.mark.parametrize("source", ["state_dict", "torchvision"])
+def test_a_torch_file_named_safetensors_is_read_as_what_it_is(tmp_path: Path, caplog, source: str) -> None:
+    """Issue 15, case 20: safetensors stopped with "header too large" on a pickle named ``.safetensors``."""
+    trained = build_network("resnet18", num_classes=2)
+    torch.save(trained.state_dict(), tmp_path / "resnet18.safetensors")
+    with caplog.at_level(logging.WARNING):
+        net = load_pretrained(
+            build_network("resnet18", num_classes=2), tmp_path / "resnet18.safetensors", source=source,
+            config_key="teacher_weights",
+        )  # fmt: skip
+    assert unchanged(net, trained.state_dict())
+    assert (
+        "`teacher_weights`: " in caplog.text and "named like a safetensors file but holds a torch file" in caplog.text
+    )
+
+
+def test_a_safetensors_file_of_another_name_is_read_and_a_file_of_neither_kind_refused(toy, tmp_path: Path) -> None:
+    safetensors = pytest.importorskip("safetensors.torch")
+    trained = toy.tiny_net(8, seed=0)
+    safetensors.save_file(trained.state_dict(), str(tmp_path / "model.pth"))
+    assert unchanged(load_pretrained(toy.tiny_net(8, seed=1), tmp_path / "model.pth"), trained.state_dict())
+    (tmp_path / "junk.safetensors").write_bytes(b"not weights at all")
+    with pytest.raises(ValueError, match=r"`student_weights`: .*junk.safetensors is neither a safetensors file nor"):
+        load_pretrained(toy.tiny_net(8), tmp_path / "junk.safetensors", config_key="student_weights")

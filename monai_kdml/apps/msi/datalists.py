@@ -24,10 +24,10 @@ from monai_kdml.apps.msi.kather import (
 )
 from monai_kdml.apps.msi.label_csv import is_label_csv, read_label_csv
 from monai_kdml.apps.msi.tiles import TileCheckReport, check_tiles
-from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
-from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_file
+from monai_kdml.data.evaluation import EvaluationSplit, check_no_overlap, external_split, held_out_split
+from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_file, is_listed_file
 
-__all__ = ["MSIDatalists", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
+__all__ = ["MSIDatalists", "check_validation_split", "evaluation_split", "prepare_msi_datalists", "tile_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def prepare_msi_datalists(
     cohort: str | None = None,
     balance: Literal["none", "undersample", "weighted"] = "none",
     expected_size: tuple[int, int] | None = (224, 224),
-    decode: bool | None = None,
+    decode: bool | str | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     with_test: bool = False,
     demo_patients: int = 48,
@@ -103,7 +103,8 @@ def prepare_msi_datalists(
 
     Raises:
         ValueError: ``dataset_dir`` empty, the demo with other classes, ``cohort`` with a CSV, a patient in both
-            the CSV's ``train`` and ``val`` rows, a class without training tiles, or any error of the readers.
+            the CSV's ``train`` and ``val`` (or ``test``) rows, a class without training tiles, a validation split
+            without tiles of every class (:func:`check_validation_split`), or any error of the readers.
     """
     look_up_option(balance, _BALANCING)
     classes = classes or KATHER
@@ -137,6 +138,7 @@ def prepare_msi_datalists(
             _check_disjoint(train, val, root)
         else:
             train, val = split_by_patient(train, val_fraction=val_fraction, seed=seed, class_names=names)
+        check_no_overlap([*train, *val], table["test"], f"{root} (its `test` rows)", patient_key="patient")
         if with_test and table["test"]:
             test, _ = check(table["test"])
         elif with_test:
@@ -149,12 +151,16 @@ def prepare_msi_datalists(
                 test, _ = check(kather_datalist(root, "test", cohort, classes))
             except (ValueError, DatasetLayoutError) as err:
                 logger.warning("No test split (%s); evaluation falls back to the validation split.", err)
+            check_no_overlap(
+                [*train, *val], test, f"{root} (its test folder)", patient_key="patient", patients_are_ids=False
+            )
     absent = sorted(set(range(classes.num_classes)) - {int(t["label"]) for t in train})
     if absent:
         raise ValueError(
             f"{root}: no training tile of class {', '.join(names[i] for i in absent)}; every class of `class_names` "
             "needs training tiles."
         )
+    check_validation_split(train, val, classes, root, val_fraction)
     if balance == "undersample":
         train = undersample(train, seed=seed)
     logger.info(
@@ -167,6 +173,54 @@ def prepare_msi_datalists(
         f", {len(test)} test tiles" if with_test else "",
     )
     return MSIDatalists(root=root, is_demo=is_demo, train=train, val=val, test=test, report=report, classes=classes)
+
+
+def check_validation_split(
+    train: list[dict[str, Any]],
+    val: list[dict[str, Any]],
+    classes: TileClasses,
+    source: str | Path,
+    val_fraction: float,
+) -> None:
+    """Refuse, before training, a validation split that cannot select a model.
+
+    ``best_networks.pt`` and ``model.pt`` are chosen on the validation AUC. With no validation tile nothing is ever
+    selected; with a class absent from validation the AUC is undefined (``nan``) at every epoch, so the first epoch
+    would stay "best" whatever followed.
+
+    Args:
+        train: the training tiles (``"label"``, ``"patient"``).
+        val: the validation tiles.
+        classes: the classes the labels index (for the message).
+        source: the data set, as the message names it.
+        val_fraction: the fraction of patients asked for (for the message).
+
+    Raises:
+        ValueError: an empty validation split, or one without tiles of every class; the message counts tiles and
+            patients per class on both sides.
+    """
+    absent = sorted(set(range(classes.num_classes)) - {int(t["label"]) for t in val})
+    if not absent:
+        return
+
+    def counts(items: list[dict[str, Any]]) -> str:
+        return ", ".join(
+            f"{name}: {sum(int(t['label']) == c for t in items)} tiles of "
+            f"{len({t['patient'] for t in items if int(t['label']) == c})} patients"
+            for c, name in enumerate(classes.names)
+        )
+
+    problem = (
+        "the validation split is empty"
+        if not val
+        else f"the validation split has no {', '.join(classes.names[c] for c in absent)} tile, so its AUC (the "
+        "metric that selects best_networks.pt) is undefined"
+    )
+    raise ValueError(
+        f"{source}: {problem} (val_fraction {val_fraction}; train: {counts(train)}; validation: {counts(val)}). "
+        "Give every class at least 2 patients (the patient split keeps a class's only patient in training), or a "
+        "CSV's `val` rows of every class."
+    )
 
 
 def _check_disjoint(train: list[dict[str, Any]], val: list[dict[str, Any]], csv_file: Path) -> None:
@@ -182,7 +236,7 @@ def _check_disjoint(train: list[dict[str, Any]], val: list[dict[str, Any]], csv_
 def tile_datalist(
     folder: str | Path,
     expected_size: tuple[int, int] | None = None,
-    decode: bool | None = None,
+    decode: bool | str | None = None,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> list[dict[str, Any]]:
     """Every image tile under ``folder`` (recursively, sorted) or listed in a CSV, checked like training tiles, for
@@ -212,7 +266,7 @@ def tile_datalist(
     elif not root.is_dir():
         raise FileNotFoundError(f"dataset_dir {root} is not a folder (nor a .csv file).")
     else:
-        paths = sorted(p for p in root.rglob("*") if is_image_file(p) and p.is_file())
+        paths = sorted(p for p in root.rglob("*") if is_image_file(p) and is_listed_file(p))
         if not paths:
             raise FileNotFoundError(f"dataset_dir {root} holds no image tiles ({', '.join(IMAGE_SUFFIXES)}).")
         items = [{"image": str(p), "patient": patient_id_from_path(p)} for p in paths]
@@ -260,6 +314,9 @@ def evaluation_split(
         counts = (
             f"{report.kept} tiles of {report.total} read, {report.skipped} skipped ({report.missing} missing, "
             f"{report.corrupt} corrupt, {report.not_image} not images), {len({t['patient'] for t in tiles})} patients"
+        )
+        check_no_overlap(
+            [*data.train, *data.val], tiles, f"`test_dir` {root}", patient_key="patient", patients_are_ids=False
         )
         return external_split(root, tiles, counts, report)
     if data.is_demo:

@@ -84,7 +84,8 @@ def patient_level_scores(
                 mixed.append(patient)
             row["label"] = int(positive_fraction >= 0.5)
         rows.append(row)
-    if mixed:
+    if mixed and frozenset(mixed) not in _WARNED_MIXED:
+        _WARNED_MIXED.add(frozenset(mixed))  # once per process: every network and validation scores the same tiles
         logger.warning(
             "%d patient(s) have tiles with different labels, using the majority label (ties positive): %s. "
             "Check the labels and the datalist's patient ids.",
@@ -92,6 +93,9 @@ def patient_level_scores(
             ", ".join(mixed[:5]) + (", ..." if len(mixed) > 5 else ""),
         )
     return rows
+
+
+_WARNED_MIXED: set[frozenset[str]] = set()  # patient sets already warned about (log once, not per network/epoch)
 
 
 class PatientScoreOutput:

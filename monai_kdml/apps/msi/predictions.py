@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from monai_kdml.apps.msi.patients import PATIENT_KEY, patient_level_scores
+from monai_kdml.data.csv_cells import escape_rows
 from monai_kdml.metrics import student_disagreement
 from monai_kdml.networks.ensemble import StudentEnsemble
 
@@ -117,11 +118,11 @@ class TilePredictionWriter:
             fields = ["path", "patient_id", "predicted", "probability", *columns, "disagreement"]
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(self._rows)
+            writer.writerows(escape_rows(self._rows))
         with (self.output_dir / "patients.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=["patient_id", "num_tiles", "probability", *columns])
             writer.writeheader()
-            writer.writerows(patients)
+            writer.writerows(escape_rows(patients))
         for hook in self._hooks:
             hook.remove()
         self._hooks = []

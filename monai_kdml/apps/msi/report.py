@@ -12,6 +12,7 @@ import ignite.distributed as idist
 from ignite.engine import Events
 
 from monai_kdml.apps.msi.patients import PATIENT_KEY, PatientScoreOutput, patient_level_scores
+from monai_kdml.data.csv_cells import escape_row
 from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
 from monai_kdml.metrics import compression_table, plot_roc_curves
@@ -81,6 +82,7 @@ class ClassificationReport:
         self.title = title
         self.history, self.history_metric = (None if history is None else Path(history)), history_metric
         self._rows: dict[str, list] = {}
+        self._notes: dict[str, str | None] = {}  # why a level's AUC and ROC curve are missing
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -114,12 +116,22 @@ class ClassificationReport:
         vs = f"{self.class_names[self.positive_class]} vs rest"
         others = [c for i, c in enumerate(self.class_names) if i != self.positive_class]
         pair = (others[0] if len(others) == 1 else "rest", self.class_names[self.positive_class])
-        tiles_roc = {n: (labels, rows[n]) for n in self.names}
-        plot_roc_curves(tiles_roc, self.output_dir / "roc_tiles.png", f"Tile level, {vs}", "tiles", pair)
-        if len({r["label"] for r in patients[self.names[0]]}) == 2:
-            curves = {n: ([r["label"] for r in p], [r["probability"] for r in p]) for n, p in patients.items()}
-            title = f"Patient level (mean tile probability), {vs}"
-            plot_roc_curves(curves, self.output_dir / "roc_patients.png", title, "patients", pair)
+        self._notes = {
+            "tiles": _one_class_note(labels, pair, "tiles", "auc"),
+            "patients": _one_class_note([r["label"] for r in patients[self.names[0]]], pair, "patients", "patient_auc"),
+        }
+        curves = {
+            "tiles": {n: (labels, rows[n]) for n in self.names},
+            "patients": {n: ([r["label"] for r in p], [r["probability"] for r in p]) for n, p in patients.items()},
+        }
+        titles = {"tiles": f"Tile level, {vs}", "patients": f"Patient level (mean tile probability), {vs}"}
+        for level, note in self._notes.items():
+            figure = self.output_dir / f"roc_{level}.png"
+            if note is None:
+                plot_roc_curves(curves[level], figure, titles[level], level, pair)
+            else:
+                figure.unlink(missing_ok=True)  # an earlier evaluation's, of other data
+                logger.warning("%s: %s", self.output_dir, note)
         summary = self._summary(engine, len(paths), len(patients[self.names[0]]))
         (self.output_dir / "summary.md").write_text(summary)
         logger.info("Evaluation summary (%s):\n%s", self.output_dir / "summary.md", summary.rstrip())
@@ -130,7 +142,7 @@ class ClassificationReport:
             writer.writerow(["path", "patient_id", "label", "class", *(f"p_{n}" for n in self.names)])
             for i, path in enumerate(paths):
                 probs = [f"{rows[n][i]:.6f}" for n in self.names]
-                writer.writerow([path, rows["patient"][i], labels[i], rows["class"][i], *probs])
+                writer.writerow(escape_row([path, rows["patient"][i], labels[i], rows["class"][i], *probs]))
 
     def _write_patients(self, patients: dict[str, list[dict]]) -> None:
         first = patients[self.names[0]]
@@ -139,7 +151,7 @@ class ClassificationReport:
             writer.writerow(["patient_id", "num_tiles", "label", *(f"p_{n}" for n in self.names)])
             for i, row in enumerate(first):
                 probs = [f"{patients[n][i]['probability']:.6f}" for n in self.names]
-                writer.writerow([row["patient_id"], row["num_tiles"], row.get("label", ""), *probs])
+                writer.writerow(escape_row([row["patient_id"], row["num_tiles"], row.get("label", ""), *probs]))
 
     def _summary(self, engine: Engine, num_tiles: int, num_patients: int) -> str:
         metrics = engine.state.metrics
@@ -162,8 +174,10 @@ class ClassificationReport:
             lines += ["", f"Students' disagreement{_of(key)} (mean total variation to their mean): {metrics[key]:.4f}"]
         if self.compression is not None:
             lines += ["", "## Compression", "", compression_table(dict(self.compression))]
+        lines += [line for note in self._notes.values() if note is not None for line in ("", note)]
         lines += ["", *self._verdict()]
-        lines += ["", "ROC curves: `roc_tiles.png`, `roc_patients.png`; `tile_scores.csv`, `patient_scores.csv`."]
+        rocs = ", ".join(f"`roc_{level}.png`" for level, note in self._notes.items() if note is None) or "none"
+        lines += ["", f"ROC curves: {rocs}; `tile_scores.csv`, `patient_scores.csv`."]
         return "\n".join(lines) + "\n"
 
     def _verdict(self) -> list[str]:
@@ -173,7 +187,21 @@ class ClassificationReport:
         cohorts = [c for c in dict.fromkeys(split_cohort(n)[0] for n in self.names) if c in with_ensemble and c] or None
         students = sum(1 for n in self.names if split_cohort(n)[1].startswith("student_")) // len(cohorts or [None])
         results = ensemble_vs_best_student(read_history(self.history), self.history_metric, cohorts)
-        return ensemble_verdict_lines(results, self.history_metric.upper(), students)
+        costs = "the Compression section" if self.compression is not None else None
+        return ensemble_verdict_lines(results, self.history_metric.upper(), students, costs)
+
+
+def _one_class_note(labels: Sequence[int], pair: tuple[str, str], level: str, metric: str) -> str | None:
+    """Why a level's AUC is undefined (every tile or patient of one class), or ``None`` when it is defined."""
+    present = sorted({int(label) for label in labels})
+    if len(present) == 2:
+        return None
+    which = " and ".join(pair[label] for label in present) or "none"
+    majority = " (a patient's label is the majority of its tiles')" if level == "patients" else ""
+    return (
+        f"{metric} is undefined (nan): all {len(labels)} {level} are {which}{majority}; an AUC needs {level} of both "
+        f"classes, so `roc_{level}.png` is not drawn."
+    )
 
 
 def _of(key: str) -> str:

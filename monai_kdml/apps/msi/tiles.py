@@ -16,7 +16,7 @@ from typing import Any
 from monai_kdml.apps.msi.kather import CLASS_NAMES
 from monai_kdml.data.images import MAX_IMAGE_PIXELS, ImageFileError, ImageInfo, inspect_image, scaling_of
 
-__all__ = ["TileCheckError", "TileCheckReport", "check_tiles"]
+__all__ = ["TileCheckError", "TileCheckReport", "check_tiles", "decode_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class TileCheckReport:
     modes: Counter[str] = field(default_factory=Counter)
     sizes: Counter[str] = field(default_factory=Counter)
     scaled: Counter[str] = field(default_factory=Counter)
+    oriented: int = 0
     examples: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     unreadable: list[str] = field(default_factory=list)
     decode: bool | None = None
@@ -75,6 +76,7 @@ class TileCheckReport:
             f"  scaled from 16-bit:             {self.scaled['16-bit']}",
             f"  scaled from float [0, 1]:       {self.scaled['float']}",
             f"  resized by the pipeline:        {self.resized} {dict(self.sizes) or ''}",
+            f"  turned by their EXIF tag:       {self.oriented}",
         ]
         lines += [f"  e.g. {kind}: {line}" for kind, examples in self.examples.items() for line in examples]
         return "\n".join(line.rstrip() for line in lines)
@@ -95,10 +97,29 @@ def _inspect_chunk(
     return results
 
 
+_DECODE_WORDS: dict[str, bool | None] = {"true": True, "false": False, "null": None, "none": None}
+
+
+def decode_mode(decode: bool | str | None) -> bool | None:
+    """The ``decode`` option as :func:`check_tiles` takes it; the words a command line gives (``--decode true``) too.
+
+    Raises:
+        ValueError: anything but ``true``, ``false`` or ``null`` (any case), naming the key and what each means.
+    """
+    if decode is None or isinstance(decode, bool):
+        return decode
+    if isinstance(decode, str) and decode.strip().lower() in _DECODE_WORDS:
+        return _DECODE_WORDS[decode.strip().lower()]
+    raise ValueError(
+        f"`decode` must be true (decode every tile), false (only 16-bit and float tiles) or null (every format but "
+        f"PNG, whose checksums are checked), got {decode!r}."
+    )
+
+
 def check_tiles(
     datalist: Sequence[dict[str, Any]],
     expected_size: tuple[int, int] | None = (224, 224),
-    decode: bool | None = None,
+    decode: bool | str | None = None,
     num_workers: int | None = None,
     max_bad_fraction: float | None = 0.05,
     max_image_pixels: int | None = MAX_IMAGE_PIXELS,
@@ -140,7 +161,7 @@ def check_tiles(
         datalist: dicts with ``"image"`` (and ``"label"``), e.g. from :func:`kather_datalist`.
         expected_size: ``(height, width)`` of a tile; ``None`` skips the size count.
         decode: ``None``: full decode of every format but PNG; ``True``: of every tile; ``False``: of none but
-            ``I``/``F`` tiles.
+            ``I``/``F`` tiles; the words ``"true"``, ``"false"``, ``"null"`` too (:func:`decode_mode`).
         num_workers: threads; default ``min(8, os.cpu_count())``.
         max_bad_fraction: more skipped tiles than this fraction is an error (a broken download, not a few bad
             files); ``None``: no limit (inference: predict every readable tile).
@@ -156,6 +177,7 @@ def check_tiles(
             are unusable.
     """
     start = time.perf_counter()
+    decode = decode_mode(decode)
     report = TileCheckReport(total=len(datalist), decode=decode)
     paths = [str(item["image"]) for item in datalist]
     chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]  # one task per chunk: little pool overhead
@@ -175,6 +197,9 @@ def check_tiles(
         if res.mode != "RGB":
             report.modes[res.mode] += 1
             report._note("converted", f"{res.path}: mode {res.mode}")
+        if res.orientation != 1:
+            report.oriented += 1
+            report._note("oriented", f"{res.path}: EXIF orientation {res.orientation}, read as displayed")
         if scaling_of(res.mode):
             report.scaled[str(scaling_of(res.mode))] += 1
         if expected_size is not None and (res.height, res.width) != tuple(expected_size):

@@ -19,8 +19,15 @@ import numpy as np
 
 from monai_kdml.apps.polyp.demo import ensure_polyp_demo, make_polyp_demo
 from monai_kdml.apps.polyp.kvasir import FrameLayout, PreflightReport, kvasir_preflight, require_frames
-from monai_kdml.data.evaluation import EvaluationSplit, external_split, held_out_split
-from monai_kdml.data.images import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, ImageFileError, inspect_image, is_image_file
+from monai_kdml.data.evaluation import EvaluationSplit, check_no_overlap, external_split, held_out_split
+from monai_kdml.data.images import (
+    IMAGE_SUFFIXES,
+    MAX_IMAGE_PIXELS,
+    ImageFileError,
+    inspect_image,
+    is_image_file,
+    is_listed_file,
+)
 
 __all__ = [
     "PolypDatalists",
@@ -150,6 +157,7 @@ def evaluation_split(
             f"{report.kept} frames of {report.images_found} read, {skipped} skipped ({len(report.corrupt_images)} "
             f"corrupt, {len(report.no_box_source)} without boxes or masks), {sum(len(f['box']) for f in frames)} boxes"
         )
+        check_no_overlap([*data.train, *data.val], frames, f"`test_dir` {root}")
         return external_split(root, frames, counts, report)
     source = f"the SYNTHETIC DEMO in {data.root}" if data.is_demo else str(data.root)
     return held_out_split(data.test, data.val, source, allow_validation, unit="frames")
@@ -246,7 +254,7 @@ def frame_ids(paths: list[Path], root: Path) -> dict[Path, str]:
 
 def _frame_paths(root: Path, recursive: bool) -> list[Path]:
     pattern = "**/*" if recursive else "*"
-    return sorted(p for p in root.glob(pattern) if is_image_file(p) and p.is_file())
+    return sorted(p for p in root.glob(pattern) if is_image_file(p) and is_listed_file(p))
 
 
 def _demo_frames(cache_dir: str | Path | None, num_images: int) -> Path:

@@ -39,7 +39,9 @@ def draw_boxes(
 
     Line width (default: 1/300 of the frame's longer side, at least 2 px) and label size (:func:`label_font`) follow
     the frame, so a label reads the same on a 160 px demo frame and a 1,920 px Kvasir frame; each score sits on a
-    filled tag of the box's colour, above the box (inside it at the top edge).
+    filled tag of the box's colour, above the box (inside it at the top edge). Tags never cover one another: the
+    highest score takes its place first, and a tag that would overlap one already drawn (nested or duplicate boxes)
+    moves down below it.
     """
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 300)) if width is None else width
@@ -47,33 +49,52 @@ def draw_boxes(
     target = max(11, round(max(image.size) / 40))
     boxes = np.asarray(torch.as_tensor(boxes).detach().cpu(), dtype=np.float64).reshape(-1, 4)
     scores_np = None if scores is None else np.asarray(torch.as_tensor(scores).detach().cpu()).reshape(-1)
-    for i, (x0, y0, x1, y1) in enumerate(boxes):
+    for x0, y0, x1, y1 in boxes:
         draw.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=width)
-        if scores_np is not None:
-            _draw_label(image, draw, f"{scores_np[i]:.2f}", (x0, y0), colour, font, target)
+    if scores_np is not None:
+        placed: list[tuple[int, int, int, int]] = []
+        for i in np.argsort(-scores_np, kind="stable"):  # tags after every box line, so no line crosses a tag
+            stamp = _label_stamp(draw, f"{scores_np[i]:.2f}", colour, font, target)
+            placed.append(_place(image, stamp, (boxes[i][0], boxes[i][1]), placed))
     return image
 
 
-def _draw_label(
-    image: Image.Image,
+def _label_stamp(
     draw: ImageDraw.ImageDraw,
     text: str,
-    corner: tuple[float, float],
     colour: tuple[int, int, int],
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     target: int,
-) -> None:
-    """``text`` in black on a tag of ``colour`` just above ``corner`` (below it when there is no room)."""
+) -> Image.Image:
+    """``text`` in black on a tag of ``colour``, about ``target`` pixels high."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     stamp = Image.new("RGB", (int(right - left) + 4, int(bottom - top) + 4), colour)
     ImageDraw.Draw(stamp).text((2 - left, 2 - top), text, fill=(0, 0, 0), font=font)
     if stamp.height < 0.6 * target:  # bitmap font: scale the rendered text instead
         scale = max(1, round(target / stamp.height))
         stamp = stamp.resize((stamp.width * scale, stamp.height * scale), Image.Resampling.NEAREST)
-    x, y = round(corner[0]), round(corner[1]) - stamp.height
+    return stamp
+
+
+def _place(
+    image: Image.Image, stamp: Image.Image, corner: tuple[float, float], placed: list[tuple[int, int, int, int]]
+) -> tuple[int, int, int, int]:
+    """Paste ``stamp`` just above ``corner`` (below it when there is no room), lower while it would overlap a tag in
+    ``placed``; returns its ``(x0, y0, x1, y1)``."""
+    x = max(0, min(round(corner[0]), image.width - stamp.width))
+    y = round(corner[1]) - stamp.height
     if y < 0:
         y = round(corner[1])
-    image.paste(stamp, (max(0, min(x, image.width - stamp.width)), max(0, y)))
+    y = max(0, y)
+
+    def overlaps(top: int) -> bool:
+        return any(x < r[2] and r[0] < x + stamp.width and top < r[3] and r[1] < top + stamp.height for r in placed)
+
+    while overlaps(y) and y + stamp.height < image.height:
+        y = max(r[3] for r in placed if x < r[2] and r[0] < x + stamp.width and y < r[3] and r[1] < y + stamp.height)
+    y = min(y, max(0, image.height - stamp.height))
+    image.paste(stamp, (x, y))
+    return x, y, x + stamp.width, y + stamp.height
 
 
 def frame_image(image: torch.Tensor) -> Image.Image:

@@ -34,6 +34,7 @@ from PIL import Image
 from monai_kdml.apps.polyp.drawing import GT_COLOUR, draw_boxes, frame_image, label_font
 from monai_kdml.apps.polyp.ensemble import fuse_detections
 from monai_kdml.apps.polyp.transforms import box_to_original
+from monai_kdml.data.csv_cells import escape_rows
 from monai_kdml.data.images import to_rgb
 from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
@@ -376,7 +377,7 @@ class DetectionSummaryWriter:
         rows = self.table(engine.state.metrics)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with (self.output_dir / "summary.csv").open("w", newline="") as f:
-            csv.writer(f).writerows(rows)
+            csv.writer(f).writerows(escape_rows(rows))
         lines = [f"# {self.title}", ""] if self.title else []
         lines += ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
         lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
@@ -384,7 +385,8 @@ class DetectionSummaryWriter:
             cohorts = [c for c in dict.fromkeys(split_cohort(n)[0] for n in self.networks) if c is not None] or None
             students = sum(split_cohort(n)[1].startswith("student_") for n in self.networks) // len(cohorts or [0])
             verdict = ensemble_vs_best_student(read_history(self.history), "map", cohorts)
-            lines += ["", *ensemble_verdict_lines(verdict, "mAP", students)]
+            costs = "the params_M and GMACs columns" if self.compression is not None else None
+            lines += ["", *ensemble_verdict_lines(verdict, "mAP", students, costs)]
         (self.output_dir / "summary.md").write_text("\n".join(lines) + "\n")
         logger.info("Detection summary (%s):\n%s", self.output_dir / "summary.md", "\n".join(lines))
 

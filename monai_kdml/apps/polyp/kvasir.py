@@ -40,8 +40,10 @@ from monai_kdml.data.images import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
     ImageFileError,
+    displayed_size,
     inspect_image,
     is_image_file,
+    is_listed_file,
     scaling_of,
     to_rgb,
 )
@@ -51,7 +53,14 @@ __all__ = ["FrameLayout", "PreflightReport", "kvasir_datalist", "kvasir_prefligh
 logger = logging.getLogger(__name__)
 
 _MASK_THRESHOLD = 127
-_NOT_PROBLEMS = ("boxes_from_mask", "empty_frames", "converted_images", "scaled_from_16bit", "scaled_from_float")
+_NOT_PROBLEMS = (
+    "boxes_from_mask",
+    "empty_frames",
+    "converted_images",
+    "scaled_from_16bit",
+    "scaled_from_float",
+    "exif_oriented",
+)
 _SKIPS = {"too_large": "too_large_images", "unsupported": "unsupported_images"}
 
 
@@ -114,6 +123,8 @@ class PreflightReport:
         converted_images: frames the loader converts to RGB from another mode (kept).
         scaled_from_16bit: 16-bit frames the loader scales to 8 bits (kept).
         scaled_from_float: [0, 1] float frames the loader scales to 8 bits (kept).
+        exif_oriented: frames whose EXIF orientation tag the loader applies (kept; boxes and masks are read in the
+            displayed orientation).
     """
 
     dataset_dir: str
@@ -136,6 +147,7 @@ class PreflightReport:
     converted_images: list[str] = field(default_factory=list)
     scaled_from_16bit: list[str] = field(default_factory=list)
     scaled_from_float: list[str] = field(default_factory=list)
+    exif_oriented: list[str] = field(default_factory=list)
 
     @property
     def has_problems(self) -> bool:
@@ -161,7 +173,7 @@ def _index_images(folder: Path) -> dict[str, Path]:
     """``{id: file}`` for the image files directly in ``folder`` (hidden files ignored)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if is_image_file(path) and path.is_file():
+        if is_image_file(path) and is_listed_file(path):
             if path.stem in found:
                 raise ValueError(
                     f"{folder}: two files for image id {path.stem!r}: {found[path.stem].name}, {path.name}"
@@ -223,7 +235,7 @@ def _read_mask(path: Path | None, name: str, size: tuple[int, int], report: Pref
         return None
     try:
         with Image.open(path) as img:
-            if img.size != size:
+            if displayed_size(img) != size:
                 report.mask_size_mismatch.append(name)
                 return None
             return np.asarray(to_rgb(img).convert("L")) > _MASK_THRESHOLD
@@ -292,6 +304,8 @@ def kvasir_preflight(
             if not keep_empty:
                 continue
         datalist.append({"image": str(image_path), "box": boxes, "label": labels, "id": name})
+        if info.orientation != 1:
+            report.exif_oriented.append(name)
         if info.mode != "RGB":
             scaled = {"16-bit": report.scaled_from_16bit, "float": report.scaled_from_float}
             scaled.get(str(scaling_of(info.mode)), report.converted_images).append(name)

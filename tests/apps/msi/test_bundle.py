@@ -18,6 +18,7 @@ from monai.bundle import ConfigWorkflow, verify_metadata, verify_net_in_out
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from monai_kdml.apps.msi import prepare_msi_datalists
+from monai_kdml.data.evaluation import external_report_name
 from monai_kdml.networks import StudentEnsemble, build_network, get_preset
 
 TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
@@ -281,7 +282,7 @@ def test_external_cohort_is_scored_whole(msi_bundle, trained: Path, real_tiles: 
     msi_bundle.cli(
         "--bundle_root", str(trained), *TINY, "--test_dir", str(real_tiles), config=["train.json", "evaluate.json"]
     )
-    report = trained / "eval" / f"external_{real_tiles.name}"
+    report = trained / "eval" / external_report_name(real_tiles)
     summary = (report / "summary.md").read_text()
     assert "EXTERNAL cohort" in summary and "72 tiles of 72 read, 0 skipped" in summary
     with (report / "tile_scores.csv").open() as f:

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from monai_kdml.data.evaluation import external_report_name
+
 CLASSES = ("normal", "adenoma", "carcinoma")
 TINY = ["--preset", "demo", "--image_size", "32", "--batch_size", "8"]
 
@@ -81,7 +83,7 @@ def test_three_classes_evaluate_test_split_and_external_folder(msi_bundle, three
     assert all(t["label"] == str(int(t["class"] == "carcinoma")) for t in tiles)  # positive vs rest
     external = _three_class_folders(data / "hospital_b", range(40, 43))
     msi_bundle.cli(*args, "--test_dir", str(external), config=["train.json", "evaluate.json"])
-    scored = _rows(run / "eval" / "external_hospital_b" / "tile_scores.csv")
+    scored = _rows(run / "eval" / external_report_name(external) / "tile_scores.csv")
     assert len(scored) == 9 and {t["class"] for t in scored} == set(CLASSES)
 
 

@@ -33,6 +33,7 @@ from monai_kdml.apps.polyp.handlers import (
     FuseDetectionsd,
     decollate_detections,
 )
+from monai_kdml.data.evaluation import external_report_name
 from monai_kdml.keys import network_names
 
 METRICS = ("map", "ap50", "ap75", "mar", "sens_0.5fp", "sens_1fp", "sens_2fp")
@@ -254,7 +255,7 @@ def test_external_cohort_in_the_generic_layout_is_scored_whole(polyp_bundle, tra
         ["train.json", "evaluate.json"], "infer", bundle_root=str(trained), test_dir=str(cohort),
         test_boxes_file=None, **TINY,
     )  # fmt: skip
-    report = trained / "eval" / "external_cvc"
+    report = trained / "eval" / external_report_name(tmp_path / "cvc")
     markdown = (report / "summary.md").read_text()
     assert "EXTERNAL cohort" in markdown and "5 frames of 5 read, 0 skipped" in markdown
     assert [row["network"] for row in read_csv(report / "summary.csv")][-1] == "wbf"
