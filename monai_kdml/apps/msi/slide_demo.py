@@ -4,6 +4,7 @@ A slide is a grid of demo tiles (:func:`monai_kdml.apps.msi.demo_render.render_m
 border, written as a pyramidal tiled TIFF with ``tifffile`` (levels as successive pages, each half the previous one,
 the resolution in the tags), which both of MONAI's ``openslide`` and ``tifffile`` readers open. Each tissue tile
 has a known MSI-ness, so the slide's ground truth is known tile by tile.
+``python -m monai_kdml.apps.msi.slide_demo DIR`` writes a small demo cohort (:func:`write_demo_slides`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from monai_kdml.apps.msi.demo_render import KATHER_MICRONS_PER_PIXEL, render_msi_tile
 
-__all__ = ["MSI_LIKE", "MSS_LIKE", "demo_slide_layout", "write_demo_slide", "write_pyramid_tiff"]
+__all__ = ["MSI_LIKE", "MSS_LIKE", "demo_slide_layout", "write_demo_slide", "write_demo_slides", "write_pyramid_tiff"]
 
 MSI_LIKE, MSS_LIKE = 0.95, 0.05
 """MSI-ness of the tiles painted as MSI-like and as MSS-like."""
@@ -105,3 +106,28 @@ def write_demo_slide(
             y, x = (r + border) * tile_size, (c + border) * tile_size
             canvas[y : y + tile_size, x : x + tile_size] = render_msi_tile(float(layout[r, c]), rng, tile_size, scale)
     return write_pyramid_tiff(path, canvas, mpp, levels=levels, tile=max(16, min(256, tile_size // 16 * 16)))
+
+
+def write_demo_slides(folder: str | Path, tile_size: int = 224, rows: int = 6, cols: int = 8) -> Path:
+    """A small demo cohort at the demo tiles' scale: ``halves.tif`` and two slides each of mostly MSI-like and mostly
+    MSS-like tiles, plus ``labels.csv`` (``slide,label,patient``) for the slide- and patient-level AUCs.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    lines = ["slide,label,patient", "halves.tif,MSI,PH"]
+    write_demo_slide(folder / "halves.tif", demo_slide_layout(rows, cols), tile_size, seed=1000)
+    for i, kind in enumerate(["mostly_msi", "mostly_mss"] * 2):
+        name = f"{kind}_{i // 2}.tif"
+        layout = demo_slide_layout(rows // 2, cols // 2, kind, seed=i)  # type: ignore[arg-type]
+        write_demo_slide(folder / name, layout, tile_size, seed=2000 + i)
+        lines.append(f"{name},{'MSI' if kind == 'mostly_msi' else 'MSS'},P{i}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(write_demo_slides(sys.argv[1] if len(sys.argv) > 1 else "demo_slides"))
