@@ -157,3 +157,14 @@ def test_inference_on_the_aperio_slide(tmp_path: Path, aperio: Path) -> None:
     rows = SlideInference(_ensemble(), [SlideSource(aperio)], tmp_path, 64, 2.0, tile_classes(), num_workers=1).run()
     assert rows[0]["status"] == "ok" and 15 < rows[0]["tissue_tiles"] < 80 and rows[0]["mpp"] == pytest.approx(0.499)
     assert (tmp_path / "cmu-1-small-region" / "heatmap.png").is_file()
+
+
+def test_slide_throughput_benchmark_reports_side_by_side_ratios(halves: Path, repo_root: Path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(repo_root / "benchmarks"))
+    from slide_throughput import main
+
+    result = main(["--slide", str(halves), "--image_size", "32", "--tile_mpp", str(2 * MPP), "--repeats", "2"])
+    assert result["tiles"] == 12 and result["level"] == 1
+    for kind in ("networks", "path"):
+        assert result["speedup_ensemble_vs_teacher"][kind]["n"] == 2
+        assert result["tiles_per_s"][f"ensemble {kind}"]["median"] > 0
