@@ -168,3 +168,25 @@ def test_slide_throughput_benchmark_reports_side_by_side_ratios(halves: Path, re
     for kind in ("networks", "path"):
         assert result["speedup_ensemble_vs_teacher"][kind]["n"] == 2
         assert result["tiles_per_s"][f"ensemble {kind}"]["median"] > 0
+
+
+def test_cut_tiles_seeded_capped_resumable_and_bad_slides_counted(tmp_path: Path, halves: Path, caplog) -> None:
+    from monai_kdml.apps.msi.slide_tiles import cut_slide_tiles
+
+    (tmp_path / "labels.csv").write_text(f"slide,label,patient\n{halves},MSI,P1\nmissing.svs,MSS,P2\n")
+    first = tmp_path / "a"
+    with caplog.at_level(logging.ERROR):
+        cut_slide_tiles(tmp_path / "labels.csv", first, tile_mpp=2 * MPP, tile_size=32, max_tiles=5, seed=1)
+    assert any("slide missing:" in m and "does not exist" in m for m in caplog.messages)
+    rows = list(csv.DictReader((first / "tiles.csv").open()))
+    assert len(rows) == 5 and {(r["label"], r["patient"]) for r in rows} == {("MSI", "P1")}
+    counts = {r["slide"]: r for r in csv.DictReader((first / "counts.csv").open())}
+    assert counts["halves"]["tiles"] == "5" and counts["missing"]["status"].startswith("failed: slide missing")
+    again = tmp_path / "b"
+    cut_slide_tiles(tmp_path / "labels.csv", again, tile_mpp=2 * MPP, tile_size=32, max_tiles=5, seed=1)
+    assert sorted(p.name for p in (again / "MSI").iterdir()) == sorted(p.name for p in (first / "MSI").iterdir())
+    (first / "MSI" / rows[0]["path"].split("/")[-1]).unlink()  # a resumed run does not cut a finished slide again
+    cut_slide_tiles(tmp_path / "labels.csv", first, tile_mpp=2 * MPP, tile_size=32, max_tiles=5, seed=1)
+    assert len(list((first / "MSI").iterdir())) == 4
+    with pytest.raises(ValueError, match=r"cut with other settings .*tile_size: 32 there, 64 now"):
+        cut_slide_tiles(tmp_path / "labels.csv", first, tile_mpp=2 * MPP, tile_size=64, max_tiles=5, seed=1)
