@@ -63,6 +63,15 @@ def slide_tile_transform(image_size: int) -> Compose:
     )
 
 
+def _require_backend(backend: str) -> None:
+    """Raise a clear error when the reader library of ``backend`` is not installed (the ``wsi`` extra)."""
+    import importlib.util
+
+    module = {"openslide": "openslide", "tifffile": "tifffile", "cucim": "cucim"}[backend]
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f'`backend` {backend!r} needs {module}: pip install "monai-kdml[wsi]".')
+
+
 class SlideInference:
     """Score every slide with the student ensemble and write the per-slide and per-patient outputs.
 
@@ -89,6 +98,7 @@ class SlideInference:
 
     Raises:
         ValueError: an unknown ``score`` or ``backend``, a non-positive ``tile_mpp`` or ``slide_mpp``.
+        ImportError: the reader library of ``backend`` is not installed (the ``wsi`` extra).
     """
 
     def __init__(
@@ -118,6 +128,7 @@ class SlideInference:
                 raise ValueError(f"`{key}` must be a positive number of microns per pixel, got {value!r}.")
         if backend not in ("openslide", "tifffile", "cucim"):
             raise ValueError(f"`backend` must be 'openslide', 'tifffile' or 'cucim', got {backend!r}.")
+        _require_backend(backend)
         if backend == "tifffile":
             logger.warning("MONAI's tifffile reader decodes a whole pyramid level for every tile: use it for small "
                            "slides only; `backend` 'openslide' reads regions.")  # fmt: skip

@@ -190,3 +190,8 @@ def test_cut_tiles_seeded_capped_resumable_and_bad_slides_counted(tmp_path: Path
     assert len(list((first / "MSI").iterdir())) == 4
     with pytest.raises(ValueError, match=r"cut with other settings .*tile_size: 32 there, 64 now"):
         cut_slide_tiles(tmp_path / "labels.csv", first, tile_mpp=2 * MPP, tile_size=64, max_tiles=5, seed=1)
+
+
+def test_a_missing_reader_library_names_the_extra() -> None:
+    with pytest.raises(ImportError, match=r"needs cucim: pip install \"monai-kdml\[wsi\]\""):
+        SlideInference(_ensemble(), [], "unused", 32, 1.0, tile_classes(), backend="cucim")
