@@ -150,6 +150,9 @@ class SlideInference:
 
         Returns:
             The ``slides.csv`` rows.
+
+        Raises:
+            RuntimeError: every slide failed (after ``slides.csv`` and ``summary.md`` are written).
         """
         reader = WSIReader(backend=self.backend)
         rows = []
@@ -174,6 +177,8 @@ class SlideInference:
                 row["label"] = self.labels.get(source.name, "")
             rows.append(row)
         self._write_summary(rows)
+        if not any(r["status"] == "ok" for r in rows):
+            raise RuntimeError(f"no slide could be scored ({len(rows)} failed): see {self.output_dir / 'slides.csv'}.")
         return rows
 
     @torch.inference_mode()

@@ -76,6 +76,12 @@ def test_blank_slide_and_missing_mpp_name_the_slide(tmp_path: Path) -> None:
     with pytest.raises(SlideError, match=r"slide bare: its resolution .* give --slide_mpp"):
         plan_slide(WSIReader(backend="openslide"), SlideSource(bare), 32, 2.0)
     assert plan_slide(WSIReader(backend="openslide"), SlideSource(bare), 32, 2.0, slide_mpp=1.0).tiles
+    with pytest.raises(RuntimeError, match="no slide could be scored"):
+        SlideInference(
+            _ensemble(), [SlideSource(blank), SlideSource(bare)], tmp_path / "out", 32, 2.0, tile_classes()
+        ).run()
+    statuses = [r["status"] for r in csv.DictReader((tmp_path / "out" / "slides.csv").open())]
+    assert statuses[0].startswith("failed: slide blank: no tissue") and "give --slide_mpp" in statuses[1]
 
 
 def test_list_slides_from_folder_files_and_csv(tmp_path: Path, halves: Path) -> None:
