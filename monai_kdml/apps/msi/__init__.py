@@ -1,6 +1,6 @@
 """Tile classification, MSI vs MSS by default: the classes named in the config, Kather et al. layouts, class
 folders or a CSV of labels, demo tiles, pre-flight checks, patient-level metrics, the evaluation report and the
-inference writer.
+inference writer; whole-slide images (:mod:`.slides`, :mod:`.slide_tiles`, :mod:`.slide_inference`).
 
 Reference: Kather et al., "Deep learning can predict microsatellite instability directly from histology in
 gastrointestinal cancer", Nature Medicine 2019.
@@ -33,6 +33,7 @@ from monai_kdml.apps.msi.patients import (
 )
 from monai_kdml.apps.msi.predictions import TilePredictionWriter
 from monai_kdml.apps.msi.report import ClassificationReport
+from monai_kdml.apps.msi.slide_tiles import training_tile_mpp
 from monai_kdml.apps.msi.tiles import TileCheckError, TileCheckReport, check_tiles
 from monai_kdml.apps.msi.transforms import MIN_TILE_SIZE, check_tile_size, tile_transforms
 
@@ -67,5 +68,6 @@ __all__ = [
     "tile_classes",
     "tile_datalist",
     "tile_transforms",
+    "training_tile_mpp",
     "undersample",
 ]

@@ -83,6 +83,7 @@ def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
         "bundle": "msi", "preset": "demo", "teacher_network": "resnet18", "student_network": "resnet10_slim",
         "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32, "teacher_members": 0,
         "class_names": [["MSS", "nonMSIH"], ["MSI", "MSIMUT", "MSIH"]], "positive_class": "MSI",
+        "tile_mpp": pytest.approx(8.0),  # the demo's 224 px tiles at 256/224 um/px, resized to 32 px
     }  # fmt: skip
 
 
