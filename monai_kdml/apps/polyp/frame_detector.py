@@ -200,6 +200,7 @@ def build_frame_detector(
     inferer: RetinaNetInferer,
     image_size: int,
     device: torch.device | str = "cpu",
+    operating_score: float = 0.0,
 ) -> FrameDetector:
     """The bundle's video detector: ``backend`` (one of :data:`VIDEO_BACKENDS`) running the trained ``network``.
 
@@ -208,10 +209,23 @@ def build_frame_detector(
         network: ``"ensemble"`` or ``"teacher"`` (see :func:`load_video_network`).
         ensemble, preset, ckpt_dir, device: see :func:`load_video_network`.
         inferer, image_size: see :class:`TorchFrameDetector`.
+        operating_score: the score the video's boxes are cut at. Candidates below it are dropped before decoding
+            and NMS (``inferer``'s threshold raised to it, below 1): the boxes at or above it are the same, since
+            NMS only lets higher-scoring boxes suppress a box, and a frame's decoding and NMS cost a fraction.
 
     Raises:
         ValueError: an unknown backend or network, naming the bundle key.
     """
     check_video_backend(backend)
     trained = load_video_network(network, ensemble, preset, ckpt_dir, device)
+    if operating_score > inferer.score_thresh:
+        inferer = RetinaNetInferer(
+            inferer.anchor_generator,
+            score_thresh=min(float(operating_score), 0.999),
+            nms_thresh=inferer.nms_thresh,
+            detections_per_img=inferer.detections_per_img,
+            topk_candidates_per_level=inferer.topk_candidates_per_level,
+            box_key=inferer.box_key,
+            label_key=inferer.label_key,
+        )
     return TorchFrameDetector(trained, inferer, image_size, device)

@@ -25,7 +25,12 @@ from monai_kdml.apps.polyp import (
     preset_to_dict,
 )
 from monai_kdml.apps.polyp.demo_clip import render_demo_clip, write_clip, write_frames
-from monai_kdml.apps.polyp.frame_detector import FrameDetector, TorchFrameDetector, frames_to_input
+from monai_kdml.apps.polyp.frame_detector import (
+    FrameDetector,
+    TorchFrameDetector,
+    build_frame_detector,
+    frames_to_input,
+)
 from monai_kdml.apps.polyp.temporal import BoxCounts, TemporalFilter, box_counts
 from monai_kdml.apps.polyp.video_io import BackgroundIterator, FrameFolder, VideoFile, open_frames
 from monai_kdml.bundle import write_record
@@ -251,3 +256,21 @@ def test_temporal_filter_option_removes_boxes_that_do_not_persist(polyp_bundle, 
         )  # fmt: skip
         counts[k] = json.loads((out / "video_summary.json").read_text())["boxes"]
     assert counts[1] > 0 and counts[12] < counts[1]  # a box needs all 12 frames: only the last frame can pass
+
+
+def test_operating_score_drops_candidates_early_and_keeps_the_same_boxes(tiny_bundle: Path) -> None:
+    frames = np.load(tiny_bundle / "frames.npy")[:3]
+    inferer = RetinaNetInferer(TINY.spec.anchor_generator(), score_thresh=0.0)
+    every = TorchFrameDetector(_tiny_ensemble(), inferer, 64)(frames)
+    operating = float(np.quantile(np.concatenate([d["scores"] for d in every]), 0.9))
+    fast = build_frame_detector(
+        "torch", "ensemble", _tiny_ensemble(5), TINY, tiny_bundle / "models", inferer, 64, operating_score=operating
+    )
+    assert fast.inferer.score_thresh == operating and inferer.score_thresh == 0.0  # the bundle's inferer unchanged
+    for full, cut in zip(every, fast(frames), strict=True):
+        above = full["scores"] > operating
+        assert 0 < above.sum() < len(above)
+        np.testing.assert_allclose(cut["boxes"], full["boxes"][above], atol=1e-4)
+        np.testing.assert_allclose(cut["scores"], full["scores"][above], atol=1e-6)
+    with pytest.raises(ValueError, match="video_backend"):
+        build_frame_detector("tensorrt", "ensemble", _tiny_ensemble(), TINY, tiny_bundle / "models", inferer, 64)

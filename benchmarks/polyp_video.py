@@ -1,0 +1,127 @@
+"""Polyp video: frames per second of the ensemble and the teacher side by side, and the temporal filter's effect.
+
+Frame rates: a generated clip (:func:`~monai_kdml.apps.polyp.demo_clip.render_demo_clip`) is encoded as an mp4 and
+run through :class:`~monai_kdml.apps.polyp.video.VideoInference` (decode in a thread, detector, draw + encode + CSV
+in a thread) with the ensemble and the teacher in turn, ``--repeats`` times, interleaved so both see the same load;
+the median of each is reported, end to end and for the model alone, with the ensemble / teacher ratio.
+
+Temporal filter: the detector runs over ``--clips`` generated clips with known polyp boxes; box precision and recall
+(IoU >= 0.5) at the operating score, without the filter and with each ``k``-of-``n`` setting.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=$PWD python benchmarks/polyp_video.py --bundle_root <trained polyp bundle_root>
+
+Without ``--bundle_root`` the ``cpu`` preset's networks are random (frame rates only; the precision table needs a
+trained bundle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import monai_kdml  # noqa: F401  (before torch: passive OpenMP waits, see monai_kdml.threads)
+
+# isort: split
+import torch
+
+from monai_kdml.apps.polyp import RetinaNetHeadEnsemble, RetinaNetInferer, get_preset, preset_from_dict
+from monai_kdml.apps.polyp.demo_clip import render_demo_clip, write_clip
+from monai_kdml.apps.polyp.frame_detector import TorchFrameDetector, load_video_network
+from monai_kdml.apps.polyp.temporal import BoxCounts, TemporalFilter, box_counts
+from monai_kdml.apps.polyp.video import VideoInference
+from monai_kdml.apps.polyp.video_io import VideoFile
+from monai_kdml.bundle import read_record
+from monai_kdml.networks import build_students
+
+
+def detectors(bundle_root: str | None, image_size: int) -> dict[str, TorchFrameDetector]:
+    """The ensemble's and the teacher's frame detectors: trained when ``bundle_root`` is given, else random."""
+    if bundle_root:
+        record = read_record(Path(bundle_root) / "models")
+        preset, image_size = preset_from_dict(record["detector"]), int(record["image_size"])
+        names = record.get("student_backbone")
+        ensemble = RetinaNetHeadEnsemble(build_students(preset.build_student, record["num_students"], names=names))
+        networks = {
+            w: load_video_network(w, ensemble, preset, Path(bundle_root) / "models") for w in ("ensemble", "teacher")
+        }
+    else:
+        preset = get_preset("cpu")
+        networks = {
+            "ensemble": RetinaNetHeadEnsemble(preset.build_students(2)).eval(),
+            "teacher": preset.build_teacher().eval(),
+        }
+    inferer = RetinaNetInferer(preset.spec.anchor_generator())
+    return {name: TorchFrameDetector(net, inferer, image_size) for name, net in networks.items()}
+
+
+def frame_rates(dets: dict[str, TorchFrameDetector], args: argparse.Namespace, work: Path) -> None:
+    frames, _ = render_demo_clip(args.frames, args.height, args.width, seed=100)
+    clip = write_clip(work / "clip.mp4", frames, fps=25)
+    print(
+        f"\nclip: {args.frames} frames of {args.width}x{args.height} px (mp4), torch threads {torch.get_num_threads()}"
+    )
+    print("| network | batch | end to end (frames/s) | model alone (frames/s) |\n|---|---|---|---|")
+    for batch in args.batch_sizes:
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in dets}
+        for _ in range(args.repeats):
+            for name, det in dets.items():
+                report = VideoInference(
+                    VideoFile(clip), det, work / name, score_thresh=args.score, batch_size=batch, network=name
+                ).run()
+                runs[name].append((report.fps, report.model_fps))
+        medians = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for n, v in runs.items()}
+        for name, (fps, model_fps) in medians.items():
+            print(f"| {name} | {batch} | {fps:.1f} | {model_fps:.1f} |")
+        if {"ensemble", "teacher"} <= set(medians):
+            e, t = medians["ensemble"], medians["teacher"]
+            print(f"| ensemble / teacher | {batch} | {e[0] / t[0]:.2f}x | {e[1] / t[1]:.2f}x |")
+
+
+def temporal_effect(det: TorchFrameDetector, args: argparse.Namespace) -> None:
+    settings = [(1, 1), *[(int(s.split("/")[0]), int(s.split("/")[1])) for s in args.filters]]
+    totals = {s: BoxCounts(0, 0, 0) for s in settings}
+    num_frames = num_boxes = 0
+    for seed in range(args.clips):
+        frames, truths = render_demo_clip(args.clip_frames, args.height, args.width, seed=seed)
+        num_frames, num_boxes = num_frames + len(frames), num_boxes + sum(len(t) for t in truths)
+        raw = [d for i in range(0, len(frames), 8) for d in det(frames[i : i + 8])]
+        cut = [{k: v[d["scores"] >= args.score] for k, v in d.items()} for d in raw]
+        for k, n in settings:
+            filt = TemporalFilter(k, n, args.iou)
+            totals[(k, n)] += box_counts([filt(d) for d in cut] if k > 1 else cut, truths)
+    print(f"\ntemporal filter: {args.clips} clips, {num_frames} frames, {num_boxes} true boxes, score >= {args.score}")
+    print("| filter | TP | FP | FN | precision | recall |\n|---|---|---|---|---|---|")
+    for (k, n), c in totals.items():
+        name = "none" if k == 1 else f"{k} of {n} (IoU >= {args.iou})"
+        print(f"| {name} | {c.tp} | {c.fp} | {c.fn} | {c.precision:.3f} | {c.recall:.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle_root", default=None, help="a trained polyp bundle_root (default: random networks)")
+    parser.add_argument("--image_size", type=int, default=160, help="network input without --bundle_root")
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--height", type=int, default=144)
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--score", type=float, default=0.5, help="operating score")
+    parser.add_argument("--clips", type=int, default=0, help="clips for the temporal filter table (0: skip it)")
+    parser.add_argument("--clip_frames", type=int, default=100)
+    parser.add_argument("--filters", nargs="+", default=["2/3", "3/5"], help="k/n settings")
+    parser.add_argument("--iou", type=float, default=0.3)
+    args = parser.parse_args()
+    dets = detectors(args.bundle_root, args.image_size)
+    with tempfile.TemporaryDirectory() as work:
+        if args.frames:
+            frame_rates(dets, args, Path(work))
+    if args.clips:
+        temporal_effect(dets["ensemble"], args)
+
+
+if __name__ == "__main__":
+    main()
