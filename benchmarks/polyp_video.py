@@ -2,8 +2,9 @@
 
 Frame rates: a generated clip (:func:`~monai_kdml.apps.polyp.demo_clip.render_demo_clip`) is encoded as an mp4 and
 run through :class:`~monai_kdml.apps.polyp.video.VideoInference` (decode in a thread, detector, draw + encode + CSV
-in a thread) with the ensemble and the teacher in turn, ``--repeats`` times, interleaved so both see the same load;
-the median of each is reported, end to end and for the model alone, with the ensemble / teacher ratio.
+in a thread) with the ensemble and the teacher in turn, ``--repeats`` rounds, interleaved (the order alternates) so
+both see the same load; the median of each is reported end to end, for the model alone (frames in, boxes out) and for
+the network's forward alone, with the ensemble / teacher ratio (median of the rounds' ratios).
 
 Temporal filter: the detector runs over ``--clips`` generated clips with known polyp boxes; box precision and recall
 (IoU >= 0.5) at the operating score, without the filter and with each ``k``-of-``n`` setting.
@@ -19,18 +20,20 @@ trained bundle).
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import tempfile
+import time
 from pathlib import Path
 
 import monai_kdml  # noqa: F401  (before torch: passive OpenMP waits, see monai_kdml.threads)
 
 # isort: split
+import numpy as np
 import torch
 
 from monai_kdml.apps.polyp import RetinaNetHeadEnsemble, RetinaNetInferer, get_preset, preset_from_dict
 from monai_kdml.apps.polyp.demo_clip import render_demo_clip, write_clip
-from monai_kdml.apps.polyp.frame_detector import TorchFrameDetector, load_video_network
+from monai_kdml.apps.polyp.frame_detector import TorchFrameDetector, frames_to_input, load_video_network
 from monai_kdml.apps.polyp.temporal import BoxCounts, TemporalFilter, box_counts
 from monai_kdml.apps.polyp.video import VideoInference
 from monai_kdml.apps.polyp.video_io import VideoFile
@@ -38,8 +41,11 @@ from monai_kdml.bundle import read_record
 from monai_kdml.networks import build_students
 
 
-def detectors(bundle_root: str | None, image_size: int) -> dict[str, TorchFrameDetector]:
-    """The ensemble's and the teacher's frame detectors: trained when ``bundle_root`` is given, else random."""
+def detectors(bundle_root: str | None, image_size: int, score: float) -> dict[str, TorchFrameDetector]:
+    """The ensemble's and the teacher's frame detectors: trained when ``bundle_root`` is given, else random.
+
+    As in the bundle, candidates below the operating ``score`` are dropped before decoding and NMS.
+    """
     if bundle_root:
         record = read_record(Path(bundle_root) / "models")
         preset, image_size = preset_from_dict(record["detector"]), int(record["image_size"])
@@ -54,31 +60,52 @@ def detectors(bundle_root: str | None, image_size: int) -> dict[str, TorchFrameD
             "ensemble": RetinaNetHeadEnsemble(preset.build_students(2)).eval(),
             "teacher": preset.build_teacher().eval(),
         }
-    inferer = RetinaNetInferer(preset.spec.anchor_generator())
+    inferer = RetinaNetInferer(preset.spec.anchor_generator(), score_thresh=min(score, 0.999))
     return {name: TorchFrameDetector(net, inferer, image_size) for name, net in networks.items()}
+
+
+def network_seconds(det: TorchFrameDetector, frames: np.ndarray, batch: int) -> tuple[float, float]:
+    """Wall and process CPU seconds of the network's forward alone over ``frames`` (inputs prepared beforehand)."""
+    inputs = [frames_to_input(frames[i : i + batch], det.image_size) for i in range(0, len(frames), batch)]
+    tic, cpu_tic = time.perf_counter(), time.process_time()
+    with torch.no_grad():
+        for x in inputs:
+            det.network(x)
+    return time.perf_counter() - tic, time.process_time() - cpu_tic
+
+
+COLUMNS = ("end to end", "model alone", "network forward")
 
 
 def frame_rates(dets: dict[str, TorchFrameDetector], args: argparse.Namespace, work: Path) -> None:
     frames, _ = render_demo_clip(args.frames, args.height, args.width, seed=100)
     clip = write_clip(work / "clip.mp4", frames, fps=25)
     print(
-        f"\nclip: {args.frames} frames of {args.width}x{args.height} px (mp4), torch threads {torch.get_num_threads()}"
+        f"\nclip: {args.frames} frames of {args.width}x{args.height} px (mp4), torch threads "
+        f"{torch.get_num_threads()}, load average at start {os.getloadavg()[0]:.1f}\nframes/s by the wall clock (CPU "
+        "clock in brackets: frames per CPU-second of the process, end to end all threads; model alone the calling "
+        "thread)"
     )
-    print("| network | batch | end to end (frames/s) | model alone (frames/s) |\n|---|---|---|---|")
+    print("| network | batch | " + " | ".join(f"{c} (frames/s)" for c in COLUMNS) + " |\n|---|---|---|---|---|")
     for batch in args.batch_sizes:
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in dets}
-        for _ in range(args.repeats):
-            for name, det in dets.items():
-                report = VideoInference(
-                    VideoFile(clip), det, work / name, score_thresh=args.score, batch_size=batch, network=name
+        runs: dict[str, list[np.ndarray]] = {name: [] for name in dets}
+        for round_ in range(args.repeats):
+            names = list(dets) if round_ % 2 == 0 else list(dets)[::-1]  # neither always runs first
+            for name in names:
+                r = VideoInference(
+                    VideoFile(clip), dets[name], work / name, score_thresh=args.score, batch_size=batch, network=name
                 ).run()
-                runs[name].append((report.fps, report.model_fps))
-        medians = {n: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for n, v in runs.items()}
-        for name, (fps, model_fps) in medians.items():
-            print(f"| {name} | {batch} | {fps:.1f} | {model_fps:.1f} |")
-        if {"ensemble", "teacher"} <= set(medians):
-            e, t = medians["ensemble"], medians["teacher"]
-            print(f"| ensemble / teacher | {batch} | {e[0] / t[0]:.2f}x | {e[1] / t[1]:.2f}x |")
+                wall, cpu = network_seconds(dets[name], frames, batch)
+                seconds = np.array([r.seconds, r.model_seconds, wall, r.cpu_seconds, r.model_cpu_seconds, cpu])
+                runs[name].append(r.frames / seconds)
+        medians = {n: np.median(np.stack(v), axis=0) for n, v in runs.items()}
+        for name, m in medians.items():
+            print(f"| {name} | {batch} | " + " | ".join(f"{m[i]:.1f} ({m[i + 3]:.1f})" for i in range(3)) + " |")
+        if {"ensemble", "teacher"} <= set(runs):
+            ratio = np.median(np.stack(runs["ensemble"]) / np.stack(runs["teacher"]), axis=0)
+            cells = " | ".join(f"{ratio[i]:.2f}x ({ratio[i + 3]:.2f}x)" for i in range(3))
+            print(f"| ensemble / teacher (median of rounds) | {batch} | {cells} |")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
 def temporal_effect(det: TorchFrameDetector, args: argparse.Namespace) -> None:
@@ -107,6 +134,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--height", type=int, default=144)
     parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--score", type=float, default=0.5, help="operating score")
@@ -115,7 +143,9 @@ def main() -> None:
     parser.add_argument("--filters", nargs="+", default=["2/3", "3/5"], help="k/n settings")
     parser.add_argument("--iou", type=float, default=0.3)
     args = parser.parse_args()
-    dets = detectors(args.bundle_root, args.image_size)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dets = detectors(args.bundle_root, args.image_size, args.score)
     with tempfile.TemporaryDirectory() as work:
         if args.frames:
             frame_rates(dets, args, Path(work))

@@ -219,6 +219,7 @@ def test_video_command_writes_an_annotated_video_a_csv_and_frame_rates(polyp_bun
     summary = json.loads((out / "video_summary.json").read_text())
     assert summary["frames"] == 12 and summary["boxes"] == 36 and summary["network"] == "ensemble"
     assert summary["fps"] > 0 and summary["model_fps"] >= summary["fps"]
+    assert 0 < summary["model_cpu_seconds"] and 0 < summary["cpu_seconds"]
 
 
 def test_frames_dir_run_gives_the_detectors_boxes_and_the_teacher_runs_too(polyp_bundle, tiny_bundle: Path) -> None:
