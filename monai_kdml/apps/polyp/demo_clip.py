@@ -67,8 +67,9 @@ def render_demo_clip(
 
 def write_clip(path: str | Path, frames: np.ndarray, fps: float = 25.0, codec: str = "libx264", crf: int = 18) -> Path:
     """Encode ``frames`` ``(N, H, W, 3)`` uint8 (even ``H`` and ``W``) as a video file with PyAV; returns ``path``."""
-    import av
+    from monai_kdml.apps.polyp.video_io import import_pyav
 
+    av = import_pyav()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:

@@ -33,6 +33,7 @@ __all__ = [
     "FrameFolder",
     "VideoFile",
     "VideoWriter",
+    "import_pyav",
     "open_frames",
 ]
 
@@ -48,6 +49,15 @@ class Frame:
     index: int
     time: float
     rgb: np.ndarray
+
+
+def import_pyav() -> Any:
+    """The ``av`` module (PyAV), or an ``ImportError`` saying how to install it."""
+    try:
+        import av
+    except ImportError as err:
+        raise ImportError(f"video input and output need PyAV: pip install 'monai-kdml[video]' ({err})") from None
+    return av
 
 
 def _natural_key(path: Path) -> list[Any]:
@@ -71,8 +81,7 @@ class VideoFile:
     """
 
     def __init__(self, path: str | Path) -> None:
-        import av  # the `video` extra
-
+        av = import_pyav()
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise FileNotFoundError(f"`video`: {self.path} does not exist or is not a file.")
@@ -88,8 +97,7 @@ class VideoFile:
             raise ValueError(f"`video`: {self.path} cannot be read as a video ({err}).") from None
 
     def __iter__(self) -> Iterator[Frame]:
-        import av
-
+        av = import_pyav()
         with av.open(str(self.path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"  # FFmpeg's own frame/slice threads
@@ -264,8 +272,7 @@ class VideoWriter:
         self._stream: Any = None
 
     def _open(self, width: int, height: int) -> None:
-        import av
-
+        av = import_pyav()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._container = av.open(str(self.path), mode="w")
         options = {"crf": str(self.crf), "preset": "veryfast"} if self.codec == "libx264" else {}
@@ -276,8 +283,7 @@ class VideoWriter:
 
     def write(self, rgb: np.ndarray, detection: Mapping[str, np.ndarray]) -> None:
         """Draw ``detection``'s boxes and scores on a copy of ``rgb`` ``(H, W, 3)`` and encode it."""
-        import av
-
+        av = import_pyav()
         if self._container is None:
             self._open(rgb.shape[1], rgb.shape[0])
         image = Image.fromarray(rgb)
