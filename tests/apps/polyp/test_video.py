@@ -25,6 +25,7 @@ from monai_kdml.apps.polyp import (
     polyp_inference_transforms,
     preset_to_dict,
 )
+from monai_kdml.apps.polyp.demo_clip import main as demo_clip_main
 from monai_kdml.apps.polyp.demo_clip import render_demo_clip, write_clip, write_frames
 from monai_kdml.apps.polyp.frame_detector import (
     FrameDetector,
@@ -140,6 +141,16 @@ def test_temporal_filter_keeps_persistent_boxes_and_drops_flicker() -> None:
     assert raw == BoxCounts(tp=6, fp=1, fn=0) and raw.precision == pytest.approx(6 / 7)
     with pytest.raises(ValueError, match="temporal_k"):
         TemporalFilter(k=6, n=5)
+
+
+def test_demo_clip_command_writes_the_clip_and_its_true_boxes(tmp_path: Path) -> None:
+    demo_clip_main([str(tmp_path / "c.mp4"), "--frames", "6", "--height", "48", "--width", "64", "--seed", "2"])
+    _, boxes = render_demo_clip(6, 48, 64, seed=2)
+    rows = _read_csv(tmp_path / "c_boxes.csv")
+    assert [[int(r["frame"]), *(float(r[k]) for k in ("x1", "y1", "x2", "y2"))] for r in rows] == [
+        [i, *b] for i, frame_boxes in enumerate(boxes) for b in frame_boxes.tolist()
+    ]
+    assert len(list(VideoFile(tmp_path / "c.mp4"))) == 6
 
 
 def test_demo_clip_boxes_follow_the_camera() -> None:
