@@ -13,6 +13,9 @@ Usage (from the repository root)::
 
     PYTHONPATH=$PWD python benchmarks/polyp_video.py --bundle_root <trained polyp bundle_root>
 
+``--onnx ensemble=<file> teacher=<file>`` adds ONNX Runtime detectors (``OnnxFrameDetector`` of
+``monai_kdml.apps.polyp.runtime``, the ``deploy`` extra) on exported detectors to the same rounds.
+
 Without ``--bundle_root`` the ``cpu`` preset's networks are random (frame rates only; the precision table needs a
 trained bundle).
 """
@@ -24,6 +27,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import monai_kdml  # noqa: F401  (before torch: passive OpenMP waits, see monai_kdml.threads)
 
@@ -64,7 +68,7 @@ def detectors(bundle_root: str | None, image_size: int, score: float) -> dict[st
     return {name: TorchFrameDetector(net, inferer, image_size) for name, net in networks.items()}
 
 
-def network_seconds(det: TorchFrameDetector, frames: np.ndarray, batch: int) -> tuple[float, float]:
+def network_seconds(det: Any, frames: np.ndarray, batch: int) -> tuple[float, float]:
     """Wall and process CPU seconds of the network's forward alone over ``frames`` (inputs prepared beforehand)."""
     inputs = [frames_to_input(frames[i : i + batch], det.image_size) for i in range(0, len(frames), batch)]
     tic, cpu_tic = time.perf_counter(), time.process_time()
@@ -75,9 +79,19 @@ def network_seconds(det: TorchFrameDetector, frames: np.ndarray, batch: int) -> 
 
 
 COLUMNS = ("end to end", "model alone", "network forward")
+ORT = "ensemble onnxruntime", "teacher onnxruntime"
+RATIOS = (("ensemble", "teacher"), ORT, (ORT[0], "ensemble"), (ORT[1], "teacher"))
 
 
-def frame_rates(dets: dict[str, TorchFrameDetector], args: argparse.Namespace, work: Path) -> None:
+def _cell(wall: float, cpu: float, unit: str) -> str:
+    """``wall (cpu)`` with ``unit``, or ``-`` where not measured."""
+    if not (np.isfinite(wall) and np.isfinite(cpu)):
+        return "-"
+    digits = 2 if unit else 1
+    return f"{wall:.{digits}f}{unit} ({cpu:.{digits}f}{unit})"
+
+
+def frame_rates(dets: dict[str, Any], args: argparse.Namespace, work: Path) -> None:
     frames, _ = render_demo_clip(args.frames, args.height, args.width, seed=100)
     clip = write_clip(work / "clip.mp4", frames, fps=25)
     print(
@@ -95,16 +109,19 @@ def frame_rates(dets: dict[str, TorchFrameDetector], args: argparse.Namespace, w
                 r = VideoInference(
                     VideoFile(clip), dets[name], work / name, score_thresh=args.score, batch_size=batch, network=name
                 ).run()
-                wall, cpu = network_seconds(dets[name], frames, batch)
+                wall, cpu = network_seconds(dets[name], frames, batch) if hasattr(dets[name], "network") else (0, 0)
                 seconds = np.array([r.seconds, r.model_seconds, wall, r.cpu_seconds, r.model_cpu_seconds, cpu])
-                runs[name].append(r.frames / seconds)
+                with np.errstate(divide="ignore"):
+                    runs[name].append(r.frames / seconds)  # inf: not measured (no torch network)
         medians = {n: np.median(np.stack(v), axis=0) for n, v in runs.items()}
         for name, m in medians.items():
-            print(f"| {name} | {batch} | " + " | ".join(f"{m[i]:.1f} ({m[i + 3]:.1f})" for i in range(3)) + " |")
-        if {"ensemble", "teacher"} <= set(runs):
-            ratio = np.median(np.stack(runs["ensemble"]) / np.stack(runs["teacher"]), axis=0)
-            cells = " | ".join(f"{ratio[i]:.2f}x ({ratio[i + 3]:.2f}x)" for i in range(3))
-            print(f"| ensemble / teacher (median of rounds) | {batch} | {cells} |")
+            print(f"| {name} | {batch} | " + " | ".join(_cell(m[i], m[i + 3], "") for i in range(3)) + " |")
+        for a, b in RATIOS:
+            if {a, b} <= set(runs):
+                with np.errstate(invalid="ignore"):
+                    ratio = np.median(np.stack(runs[a]) / np.stack(runs[b]), axis=0)
+                cells = " | ".join(_cell(ratio[i], ratio[i + 3], "x") for i in range(3))
+                print(f"| {a} / {b} (median of rounds) | {batch} | {cells} |")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
@@ -142,10 +159,20 @@ def main() -> None:
     parser.add_argument("--clip_frames", type=int, default=100)
     parser.add_argument("--filters", nargs="+", default=["2/3", "3/5"], help="k/n settings")
     parser.add_argument("--iou", type=float, default=0.3)
+    parser.add_argument(
+        "--onnx", nargs="*", default=[], help="NAME=FILE: also time OnnxFrameDetector on an exported detector"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dets = detectors(args.bundle_root, args.image_size, args.score)
+    dets: dict[str, Any] = dict(detectors(args.bundle_root, args.image_size, args.score))
+    if args.onnx:
+        from monai_kdml.apps.polyp.runtime import OnnxFrameDetector  # the `deploy` extra
+
+        for item in args.onnx:
+            name, path = item.split("=", 1)
+            settings = {"score_thresh": min(args.score, 0.999)}
+            dets[f"{name} onnxruntime"] = OnnxFrameDetector(path, settings, threads=args.threads or None)
     with tempfile.TemporaryDirectory() as work:
         if args.frames:
             frame_rates(dets, args, Path(work))
