@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_kdml.experiments.protocols import PROTOCOLS, protocol_cohorts, teacher_stage_overrides
-from monai_kdml.experiments.tasks import TASKS, Task, collect_run
+from monai_kdml.experiments.tasks import TASKS, Task, collect_run, test_folder
 from monai_kdml.keys import Mode, parse_cohorts
 
 __all__ = ["Ablation", "RunSpec", "StaleRunError", "cli_value", "default_bundles", "main"]
@@ -435,7 +435,7 @@ class Ablation:
         """Rebuild a finished run's summary from its run folder (e.g. after a fix in the summary code), keeping its
         timing and overrides; ``None`` when the run folder has no summary to update."""
         folder = self.run_dir(spec)
-        if not (folder / "summary.json").is_file() or not (folder / "eval" / "test" / "metrics.csv").is_file():
+        if not (folder / "summary.json").is_file() or not (test_folder(folder) / "metrics.csv").is_file():
             return None
         old = json.loads((folder / "summary.json").read_text())
         summary = collect_run(TASKS[spec.task], folder, old["modes"], self.resamples, spec.seed)

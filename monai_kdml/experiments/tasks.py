@@ -22,7 +22,7 @@ from monai_kdml.experiments.stats import bootstrap, mean_std, roc_auc
 from monai_kdml.handlers.history import ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, cohort_key, student_name
 
-__all__ = ["TASKS", "Scale", "Task", "collect_run", "read_metrics", "validation_best_student"]
+__all__ = ["TASKS", "Scale", "Task", "collect_run", "read_metrics", "test_folder", "validation_best_student"]
 
 REFERENCE = "kdml"
 """The mode every other mode is compared with (the method)."""
@@ -65,6 +65,16 @@ class Task:
     scales: Mapping[str, Scale]
     variants: Mapping[str, Mapping[str, Any]]
     bootstrap: Callable[[Path, Sequence[str], int, int, int], dict[str, dict[str, float]]]
+
+
+def test_folder(run_dir: str | Path) -> Path:
+    """The run's test evaluation: ``eval/test`` (the data set's test split) or the one ``eval/external_<name>``
+    folder an external cohort (``--test_dir``) was scored into."""
+    run_dir = Path(run_dir)
+    external = sorted((run_dir / "eval").glob("external_*"))
+    if not (run_dir / "eval" / "test").is_dir() and len(external) == 1:
+        return external[0]
+    return run_dir / "eval" / "test"
 
 
 def read_metrics(path: str | Path) -> dict[str, float]:
@@ -110,7 +120,7 @@ def _msi_bootstrap(
     differences of ``kdml`` against every other cohort."""
     out: dict[str, dict[str, float]] = {}
     for file, metric in (("tile_scores.csv", "auc"), ("patient_scores.csv", "patient_auc")):
-        path = run_dir / "eval" / "test" / file
+        path = test_folder(run_dir) / file
         if not path.is_file():
             continue
         rows, _ = _read_scores(path)
@@ -197,7 +207,7 @@ def _polyp_bootstrap(
     student and the teacher, and the paired differences of ``kdml`` against every other cohort."""
     from monai_kdml.apps.polyp.evaluation import FRAME_DETECTIONS, frame_matches, read_frame_detections
 
-    path = run_dir / "eval" / "test" / FRAME_DETECTIONS
+    path = test_folder(run_dir) / FRAME_DETECTIONS
     if not path.is_file():
         return {}
     content = read_frame_detections(path)
@@ -309,7 +319,7 @@ def collect_run(
     import json
 
     run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir / "eval" / "test" / "metrics.csv")
+    metrics = read_metrics(test_folder(run_dir) / "metrics.csv")
     record = json.loads((run_dir / "models" / "network.json").read_text())
     num_students = int(record["num_students"])
     test: dict[str, Any] = {}
