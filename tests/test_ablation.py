@@ -129,8 +129,9 @@ def test_a_summary_of_another_scale_is_not_finished_but_refused(grid: Path, tmp_
     path = tmp_path / "results" / "tiny-grid" / "msi" / "demo" / "base" / "seed0.json"
     run = json.loads(path.read_text())
     assert make(tmp_path).done(make(tmp_path).specs()[0]) == path  # same scale and settings: finished
-    for change in ({"scale": "cpu"}, {"settings": {**run["settings"], "scale": "cpu"}}):
-        path.write_text(json.dumps({**run, **change}))
+    old = {k: v for k, v in run.items() if k != "settings"}  # as summaries made before settings were recorded
+    for changed in ({**old, "scale": "cpu"}, {**run, "settings": {**run["settings"], "scale": "cpu"}}):
+        path.write_text(json.dumps(changed))
         with pytest.raises(StaleRunError, match="other settings"):
             make(tmp_path).run(report=False)
     path.write_text(
