@@ -585,10 +585,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if definition is not None:
         from monai_kdml.experiments.estimate import estimate_grid, format_estimate
 
-        reference = Path(args.bundles).parent if args.bundles else _package_root()
-        print(
-            format_estimate(args.grid_definition, definition, estimate_grid(definition, reference / "docs" / "results"))
-        )
+        # the reference timings: committed summaries (--results-dir, else the source checkout's docs/results)
+        reference = Path(args.results_dir) if args.results_dir else _package_root() / "docs" / "results"
+        print(format_estimate(args.grid_definition, definition, estimate_grid(definition, reference)))
         if args.estimate:
             return []
     elif args.estimate:

@@ -124,6 +124,8 @@ def format_estimate(name: str, definition: GridDefinition, estimate: Mapping[str
         lines.append(f"  {task} ({est['epochs']} epochs; reference: {est['reference_runs']} committed cpu-scale runs):")
         for label, kind in est["runs"].items():
             lines.append(f"    {label:<22} {kind['count']} x {kind['seconds'] / 60:5.1f} min")
+        if est["reference_runs"] == 0:
+            lines.append("    no committed cpu-scale summaries of this task found (give --results-dir): no estimate")
         lines.append(f"    total {est['total_s'] / 3600:.1f} h")
         total += est["total_s"]
     lines.append(f"  all tasks: {total / 3600:.1f} h of 2-core CPU (budget {definition.budget_hours:.0f} h).")
