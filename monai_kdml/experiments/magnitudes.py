@@ -74,7 +74,7 @@ def measure_detection_terms(
                 loss.kd_cls_normalizer = "disagreement"
             ratios = {"kd_cls/cls": terms["kd_cls"] / terms["cls"], "kd_cls_sampled/cls": sampled / terms["cls"]}
             rows.append({"step": step, **terms, "kd_cls_sampled": sampled, **ratios,
-                         "teacher_cls": float(out["teacher"]["cls"])})  # fmt: skip
+                         "teacher_cls": float(out["teacher"]["cls"].detach())})  # fmt: skip
         optimizer.zero_grad()
         (out["loss"] + out["teacher"]["loss"]).backward()
         optimizer.step()

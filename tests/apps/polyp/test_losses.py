@@ -444,3 +444,14 @@ def test_kd_cls_sampled_normalizer_divides_by_the_gt_losss_sample_count():
         assert torch.equal(sampled["students"][name][0], default["students"][name][0])
     with pytest.raises(ValueError, match="kd_cls_normalizer"):
         DetectionKDMLLoss(gt, kd_cls_normalizer="all")
+
+
+def test_the_magnitude_measurement_reports_both_normalisers():
+    from monai_kdml.experiments.magnitudes import measure_detection_terms
+
+    rows = measure_detection_terms("tiny", image_size=64, batch=2, steps=1, report_at=(0, 1))
+    assert [r["step"] for r in rows] == [0, 1]
+    for row in rows:
+        assert {"cls", "box", "kd_cls", "kd_box", "ml_cls", "ml_box", "kd_cls_sampled", "teacher_cls"} <= set(row)
+        assert row["kd_cls/cls"] == pytest.approx(row["kd_cls"] / row["cls"])
+        assert all(math.isfinite(v) and v >= 0 for k, v in row.items() if k != "step")
