@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from monai_kdml.experiments import provenance
 from monai_kdml.experiments.ablation import Ablation, StaleRunError, cli_value, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,19 +142,14 @@ def test_a_summary_of_another_scale_is_not_finished_but_refused(grid: Path, tmp_
         make(tmp_path).done(make(tmp_path).specs()[0])
 
 
-def test_results_go_outside_the_repository_unless_asked(tmp_path: Path) -> None:
+def test_results_go_outside_the_repository_unless_asked(tmp_path: Path, monkeypatch) -> None:
     ablation = Ablation("g", ["msi"], "tiny", runs_dir=tmp_path / "runs", bundles=REPO / "bundles")
     assert ablation.results_dir == (tmp_path / "runs" / "results" / "g").resolve()
     assert Ablation("g", ["msi"], "tiny", results_dir="docs/results").results_dir == Path("docs/results/g")
+    assert Ablation("g", ["msi"], "tiny").bundles == REPO / "bundles"  # the source checkout's, by default
+    monkeypatch.setattr(provenance, "package_root", lambda: tmp_path)  # an installed package: no bundles beside it
     with pytest.raises(FileNotFoundError, match="give --bundles"):
-        import monai_kdml.experiments.ablation as module
-
-        original = module.default_bundles.__globals__["Path"]
-        module.default_bundles.__globals__["Path"] = lambda *a: original(tmp_path / "nowhere" / "x.py")
-        try:
-            module.default_bundles()
-        finally:
-            module.default_bundles.__globals__["Path"] = original
+        Ablation("g", ["msi"], "tiny")
 
 
 def test_a_cell_refuses_runs_of_another_commit(grid: Path, tmp_path: Path) -> None:

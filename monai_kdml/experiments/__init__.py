@@ -1,6 +1,6 @@
 """Experiments over the bundles: the KD + ML ablation (grid runner, run and grid summaries, statistics).
 
-Run from the repository root: ``python -m monai_kdml.experiments.ablation --help``.
+``python -m monai_kdml.experiments.ablation --help``; from an installed package give ``--bundles <folder>``.
 """
 
 from monai_kdml.experiments.stats import (
