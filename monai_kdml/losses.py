@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
+    "KD_GATES",
     "DistillationLoss",
     "KDLoss",
     "KDMLLoss",
@@ -30,6 +31,7 @@ __all__ = [
     "cross_entropy",
     "kd_kl_div",
     "mutual_learning_kl_divs",
+    "teacher_true_class_weight",
     "term_name",
 ]
 
@@ -62,13 +64,18 @@ class DistillationLoss(Protocol):
     ) -> LossTerms: ...
 
 
-def kd_kl_div(student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0) -> Tensor:
+def kd_kl_div(
+    student_logits: Tensor, target_logits: Tensor, temperature: float = 1.0, weight: Tensor | None = None
+) -> Tensor:
     """``T^2 * mean KL(softmax(target/T) || softmax(student/T))``; the target side is detached.
 
     Args:
         student_logits: ``(B, C)`` or ``(B, C, *spatial)``; receives the gradient.
         target_logits: same shape; a teacher's or a peer's logits, never differentiated.
         temperature: softening temperature ``T > 0``.
+        weight: optional detached per-sample (per-position) weight ``(B,)`` or ``(B, *spatial)``; the KL of each
+            sample is multiplied by it before the mean over all samples (a gate of 0/1 drops samples from the sum
+            but keeps the divisor, so gated-out samples lower the term instead of re-weighting the rest).
 
     Returns:
         A scalar: KL summed over classes, averaged over the batch and spatial positions, scaled by ``T^2`` so the
@@ -82,6 +89,8 @@ def kd_kl_div(student_logits: Tensor, target_logits: Tensor, temperature: float 
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_target = F.log_softmax(target_logits.detach().float() / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_target, reduction="none", log_target=True).sum(dim=1)
+    if weight is not None:
+        kl = kl * weight.detach().float().reshape(kl.shape)
     return kl.mean() * temperature**2
 
 
@@ -105,6 +114,46 @@ def mutual_learning_kl_divs(student_logits: Sequence[Tensor], temperature: float
         torch.stack([kd_kl_div(student_logits[k], student_logits[j], temperature) for j in range(num) if j != k]).mean()
         for k in range(num)
     ]
+
+
+KD_GATES = ("none", "correct", "probability")
+"""Per-sample KD weighting by the teacher's standing on the true class (:func:`teacher_true_class_weight`)."""
+
+
+def teacher_true_class_weight(teacher_logits: Tensor, target: Tensor, gate: str) -> Tensor | None:
+    """Per-sample KD weight from the teacher's (untempered) probability of the true class: distil what it gets right.
+
+    - ``"none"``: ``None`` (no weighting; the plain mean);
+    - ``"correct"``: 1 where the teacher's arg-max is the true class, else 0 (a hard gate);
+    - ``"probability"``: ``p_teacher(y)``, the teacher's probability of the true class (a soft gate).
+
+    Sample-wise weighting of the soft labels by how right the teacher is follows Zhou et al., "Rethinking Soft
+    Labels for Knowledge Distillation: A Bias-Variance Tradeoff Perspective", ICLR 2021 (weighted soft labels); the
+    hard gate, dropping the samples the teacher gets wrong, is the simplest form of the "knowledge adjustment" of
+    Wen et al., "Preparing Lessons: Improve Knowledge Distillation with Better Supervision", Neurocomputing 2021.
+
+    Args:
+        teacher_logits: ``(B, C)`` or ``(B, C, *spatial)``.
+        target: class indices ``(B, *spatial)`` / ``(B, 1, *spatial)`` or one-hot / soft ``(B, C, *spatial)``.
+        gate: one of :data:`KD_GATES`.
+
+    Returns:
+        ``None`` or a detached float ``(B, *spatial)`` weight in ``[0, 1]``.
+    """
+    if gate not in KD_GATES:
+        raise ValueError(f"`kd_gate` must be one of {KD_GATES}, got {gate!r}.")
+    if gate == "none":
+        return None
+    prob = F.softmax(teacher_logits.detach().float(), dim=1)
+    if target.shape == teacher_logits.shape and target.is_floating_point() and teacher_logits.shape[1] > 1:
+        truth = target.detach().float()  # one-hot or soft labels
+        index = truth.argmax(dim=1)
+    else:
+        index = (target.squeeze(1) if target.ndim == teacher_logits.ndim and target.shape[1] == 1 else target).long()
+        truth = F.one_hot(index, teacher_logits.shape[1]).movedim(-1, 1).float()
+    if gate == "probability":
+        return (prob * truth).sum(dim=1)
+    return (prob.argmax(dim=1) == index).float()
 
 
 def cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
@@ -181,6 +230,9 @@ class KDMLLoss(nn.Module):
         teacher_ensemble_weight: weight of the teacher's term towards the students' ensemble (0 = classic online KD).
         supervised_name: the supervised term's name in the loss dict, logs and TensorBoard tags; default: taken from
             ``supervised_loss`` (:func:`term_name`: ``ce`` for the default, ``dice_ce`` for ``DiceCELoss``).
+        kd_gate: per-sample weight of the KD term by the teacher's probability of the true class
+            (:func:`teacher_true_class_weight`): ``"none"`` (default, the plain mean), ``"correct"`` (distil only the
+            samples/positions the teacher classifies right) or ``"probability"`` (weight by ``p_teacher(y)``).
 
     Example::
 
@@ -198,9 +250,13 @@ class KDMLLoss(nn.Module):
         supervised_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         teacher_ensemble_weight: float = 0.0,
         supervised_name: str | None = None,
+        kd_gate: str = "none",
     ) -> None:
         super().__init__()
         _check_temperature(temperature)
+        if kd_gate not in KD_GATES:
+            raise ValueError(f"`kd_gate` must be one of {KD_GATES}, got {kd_gate!r}.")
+        self.kd_gate = kd_gate
         for name, value in (("ce_weight", ce_weight), ("kd_weight", kd_weight), ("ml_weight", ml_weight)):
             if value < 0:
                 raise ValueError(f"`{name}` must be >= 0, got {value}.")
@@ -244,7 +300,8 @@ class KDMLLoss(nn.Module):
         students: dict[str, list[Tensor]] = {self.supervised_name: ce}
         totals = [self.ce_weight * c for c in ce]
         if use_kd and teacher_logits is not None:
-            students["kd"] = [kd_kl_div(z, teacher_logits, t) for z in student_logits]
+            gate = teacher_true_class_weight(teacher_logits, target, self.kd_gate)
+            students["kd"] = [kd_kl_div(z, teacher_logits, t, gate) for z in student_logits]
             totals = _add_weighted(totals, students["kd"], self.kd_weight)
         if use_ml:
             students["ml"] = mutual_learning_kl_divs(student_logits, t)

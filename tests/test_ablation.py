@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from monai_kdml.experiments.ablation import Ablation, cli_value, main
+from monai_kdml.experiments import provenance
+from monai_kdml.experiments.ablation import Ablation, StaleRunError, cli_value, main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make(tmp_path: Path, runs: str = "runs") -> Ablation:
-    return Ablation(
-        "tiny-grid", ["msi"], "tiny", seeds=[0], modes=["independent", "kdml"], runs_dir=tmp_path / runs,
-        results_dir=tmp_path / "results", repo=REPO, resamples=20, nice=0,
-    )  # fmt: skip
+def make(tmp_path: Path, runs: str = "runs", **kwargs) -> Ablation:
+    options = {"seeds": [0], "modes": ["independent", "kdml"], "runs_dir": tmp_path / runs, "nice": 0,
+               "results_dir": tmp_path / "results", "bundles": REPO / "bundles", "resamples": 20}  # fmt: skip
+    return Ablation("tiny-grid", ["msi"], kwargs.pop("scale", "tiny"), **(options | kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,8 @@ def test_a_run_is_summarised(grid: Path) -> None:
     for mode in ("independent", "kdml"):
         test = run["test"][mode]
         assert 0.0 <= test["ensemble"]["auc"] <= 1.0 and len(test["students"]) == 2
-        assert test["best_student"]["auc"] == max(s["auc"] for s in test["students"])
+        assert test["oracle_student"]["auc"] == max(s["auc"] for s in test["students"])
+        assert test["best_student"] == test["students"][test["best_student_index"]]
         assert test["mean_student"]["auc"] == pytest.approx(sum(s["auc"] for s in test["students"]) / 2)
         assert run["validation"][mode]["validations"] == 2
     diff = run["bootstrap"]["kdml-independent/ensemble_auc"]
@@ -46,6 +47,10 @@ def test_a_run_is_summarised(grid: Path) -> None:
         run["test"]["kdml"]["ensemble"]["auc"] - run["test"]["independent"]["ensemble"]["auc"], abs=1e-5
     )
     assert run["overrides"]["train"]["cohorts"] == ["independent", "kdml"] and run["seconds"]["train"] > 0
+    # the external test cohort of fresh patients was scored, the tile AUC bootstrapped by patient
+    assert run["overrides"]["evaluate"]["test_dir"].endswith("external-test/msi/msi_demo/CRC_DX_TEST")
+    assert (grid / "runs" / "tiny-grid" / "msi" / "demo" / "base" / "seed0" / "eval" / "external_CRC_DX_TEST").is_dir()
+    assert run["settings"]["scale"] == "tiny" and run["commit"] and run["versions"]["monai"]
     # never weights or images among what is meant to be committed
     assert sorted(p.suffix for p in (grid / "results").rglob("*") if p.is_file()) == sorted(
         [".json", ".json", ".csv", ".md", ".png"]
@@ -94,9 +99,9 @@ def test_an_interrupted_training_resumes(grid: Path, monkeypatch, tmp_path: Path
     calls: list[dict] = []
     original = Ablation._bundle
 
-    def spy(self, spec, configs, overrides, log):
+    def spy(self, spec, configs, overrides, log, root=None):
         calls.append({"configs": list(configs), **overrides})
-        return original(self, spec, configs, overrides, log)
+        return original(self, spec, configs, overrides, log, root)
 
     monkeypatch.setattr(Ablation, "_bundle", spy)
     ablation = make(tmp_path)
@@ -117,3 +122,68 @@ def test_cli_values_and_dry_run(capsys, tmp_path: Path) -> None:
     assert '"student_views": true' in lines[2]
     with pytest.raises(ValueError, match="no variant 'diverse'"):
         Ablation("g", ["msi"], "tiny", variants=["diverse"])
+
+
+def test_a_summary_of_another_scale_is_not_finished_but_refused(grid: Path, tmp_path: Path) -> None:
+    """Issue 15 case 27: a committed cpu-scale summary counted as "finished" for --scale tiny."""
+    shutil.copytree(grid / "results", tmp_path / "results")
+    path = tmp_path / "results" / "tiny-grid" / "msi" / "demo" / "base" / "seed0.json"
+    run = json.loads(path.read_text())
+    assert make(tmp_path).done(make(tmp_path).specs()[0]) == path  # same scale and settings: finished
+    old = {k: v for k, v in run.items() if k != "settings"}  # as summaries made before settings were recorded
+    for changed in ({**old, "scale": "cpu"}, {**run, "settings": {**run["settings"], "scale": "cpu"}}):
+        path.write_text(json.dumps(changed))
+        with pytest.raises(StaleRunError, match="other settings"):
+            make(tmp_path).run(report=False)
+    path.write_text(
+        json.dumps({**run, "settings": {**run["settings"], "train": {**run["settings"]["train"], "max_epochs": 9}}})
+    )
+    with pytest.raises(StaleRunError):
+        make(tmp_path).done(make(tmp_path).specs()[0])
+
+
+def test_results_go_outside_the_repository_unless_asked(tmp_path: Path, monkeypatch) -> None:
+    ablation = Ablation("g", ["msi"], "tiny", runs_dir=tmp_path / "runs", bundles=REPO / "bundles")
+    assert ablation.results_dir == (tmp_path / "runs" / "results" / "g").resolve()
+    assert Ablation("g", ["msi"], "tiny", results_dir="docs/results").results_dir == Path("docs/results/g")
+    assert Ablation("g", ["msi"], "tiny").bundles == REPO / "bundles"  # the source checkout's, by default
+    monkeypatch.setattr(provenance, "package_root", lambda: tmp_path)  # an installed package: no bundles beside it
+    with pytest.raises(FileNotFoundError, match="give --bundles"):
+        Ablation("g", ["msi"], "tiny")
+
+
+def test_a_cell_refuses_runs_of_another_commit(grid: Path, tmp_path: Path) -> None:
+    shutil.copytree(grid / "results", tmp_path / "results")
+    ablation = make(tmp_path, seeds=[0, 1])
+    ablation.commit = "0" * 40  # this checkout is another commit than seed 0's
+    with pytest.raises(StaleRunError, match="one commit"):
+        ablation.check_commits(ablation.specs()[1])
+    make(tmp_path, seeds=[0, 1], allow_mixed_commits=True).check_commits(ablation.specs()[1])
+
+
+def test_protocol_runs_train_only_the_distilling_cohorts(tmp_path: Path) -> None:
+    ablation = make(tmp_path, modes=["independent", "kd", "ml", "kdml"], protocols=["today", "ramp", "gate", "frozen"])
+    specs = {s.protocol: s for s in ablation.specs()}
+    assert [s.key for s in ablation.specs()] == [
+        f"msi/demo/base/{p}/seed0" for p in ("today", "ramp", "gate", "frozen")
+    ]
+    today, _ = ablation.overrides(specs["today"])
+    ramp, _ = ablation.overrides(specs["ramp"])
+    gate, _ = ablation.overrides(specs["gate"])
+    frozen, _ = ablation.overrides(specs["frozen"])
+    assert today["cohorts"] == ["independent", "kd", "ml", "kdml"] and "kd_ramp_epochs" not in today
+    assert ramp["cohorts"] == ["kd", "kdml"] and ramp["kd_ramp_epochs"] == 10 and ramp["ramp_shape"] == "cosine"
+    assert gate["teacher_gate"] is True and gate["kd_gate"] == "correct"
+    assert frozen["teacher_mode"] == "frozen"
+    assert frozen["teacher_weights"] == str(ablation.teacher_dir(specs["frozen"]) / "models" / "best_networks.pt")
+    stage1 = ablation.teacher_overrides(specs["frozen"])
+    assert (stage1["mode"], stage1["num_students"], stage1["key_metric"], stage1["cohorts"]) == (
+        "independent", 1, "teacher_auc", None)  # fmt: skip
+    with pytest.raises(ValueError, match="changes only"):
+        make(tmp_path, modes=["independent", "ml"], protocols=["ramp"])
+
+
+def test_the_grid_definition_prints_its_estimate(capsys) -> None:
+    main(["--grid-definition", "teacher-protocols", "--estimate"])
+    out = capsys.readouterr().out
+    assert "frozen: teacher alone" in out and "all tasks:" in out and "(budget 8 h)" in out

@@ -19,20 +19,31 @@ from pathlib import Path
 from typing import Any
 
 from monai_kdml.data.csv_cells import escape_rows
-from monai_kdml.experiments.stats import mean_std, paired_differences
+from monai_kdml.experiments.stats import mean_std, min_detectable_difference, paired_differences, paired_t_interval
 from monai_kdml.experiments.tasks import REFERENCE, TASKS, Task
 from monai_kdml.keys import ENSEMBLE
 
 __all__ = ["load_runs", "write_reports"]
 
-ROLES = (ENSEMBLE, "best_student", "mean_student")
-ROLE_LABELS = {ENSEMBLE: "ensemble", "best_student": "best student", "mean_student": "mean student"}
+ROLES = (ENSEMBLE, "best_student", "oracle_student", "mean_student")
+ROLE_LABELS = {
+    ENSEMBLE: "ensemble",
+    "best_student": "best student (validation)",
+    "oracle_student": "oracle student (best on test)",
+    "mean_student": "mean student",
+}
+TODAY = "today"
 
 
 def load_runs(folder: str | Path) -> list[dict[str, Any]]:
     """Every run summary below ``folder`` (``seed*.json``), sorted by preset, variant and seed."""
     runs = [json.loads(p.read_text()) for p in Path(folder).rglob("seed*.json")]
-    return sorted(runs, key=lambda r: (r["preset"], r["variant"], r["seed"]))
+    return sorted(runs, key=lambda r: (r["preset"], r["variant"], r.get("protocol") or "", r["seed"]))
+
+
+def _label(run: Mapping[str, Any]) -> str:
+    """The run's variant, with its protocol when it has one (``base/ramp``): the second key of a cell."""
+    return f"{run['variant']}/{run['protocol']}" if run.get("protocol") else str(run["variant"])
 
 
 def _fmt(mean: float, std: float, digits: int = 3) -> str:
@@ -44,14 +55,20 @@ def _fmt(mean: float, std: float, digits: int = 3) -> str:
 def _cells(runs: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for run in runs:
-        cells.setdefault((run["preset"], run["variant"]), []).append(run)
+        cells.setdefault((run["preset"], _label(run)), []).append(run)
     return cells
 
 
 def _value(run: dict[str, Any], mode: str, role: str, metric: str) -> float:
     if role == "teacher":
         return float(run["teacher"].get(metric, math.nan))
-    value = run["test"].get(mode, {}).get(role, {}).get(metric)
+    test = run["test"].get(mode, {})
+    if "best_student_index" not in test and role in ("best_student", "oracle_student"):
+        # summaries made before the validation-selected student: their "best_student" is the oracle
+        role = "best_student" if role == "oracle_student" else ""
+        if not role:
+            return math.nan
+    value = test.get(role, {}).get(metric)
     return math.nan if value is None else float(value)
 
 
@@ -150,7 +167,7 @@ def _cost_table(task: Task, cells: Mapping[tuple[str, str], list[dict]], costs: 
     ]  # fmt: skip
     rows = []
     for (preset, variant), cell in cells.items():
-        c = costs.get(f"{preset}/{variant}", {})
+        c = costs.get(f"{preset}/{cell[0]['variant']}", {})
         teacher = mean_std([_value(r, "-", "teacher", m) for r in cell])
         ens = mean_std([_value(r, REFERENCE, ENSEMBLE, m) for r in cell])
         if c:
@@ -170,8 +187,8 @@ def _costs(task: Task, folder: Path, cells: Mapping[tuple[str, str], list[dict]]
     path = folder / "costs.json"
     costs = json.loads(path.read_text()) if path.is_file() else {}
     changed = False
-    for (preset, variant), cell in cells.items():
-        key = f"{preset}/{variant}"
+    for (preset, _), cell in cells.items():
+        key = f"{preset}/{cell[0]['variant']}"
         if key not in costs:
             costs[key] = network_costs(task.name, cell[0]["record"])
             changed = True
@@ -250,17 +267,25 @@ def _task_report(task: Task, runs: list[dict[str, Any]], folder: Path, costs: Ma
         f"online teacher on the same batches), seeds {seeds}; wall time per run {_fmt(*mean_std(walls), 0)} s "
         f"(training + evaluation) on {first['machine']['cpus']} CPUs. Test split; mean ± std over seeds.",
         "",
+        *_provenance(runs),
+        *_protocol_section(task, runs),
         "## Student ensemble",
         "",
         *_metric_table(task, cells, ENSEMBLE),
+        "",
+        _mdd_line(task, cells),
         "",
         "## Mean single student",
         "",
         *_metric_table(task, cells, "mean_student"),
         "",
-        "## Best single student (best of the K on the test split itself: an optimistic bound)",
+        "## Best single student: the one with the best validation metric at the selected epoch (what one would deploy)",
         "",
         *_metric_table(task, cells, "best_student"),
+        "",
+        "## Oracle student: the best of the K on the test split itself (an optimistic bound, not a result)",
+        "",
+        *_metric_table(task, cells, "oracle_student"),
         "",
         "## Teacher (the same online teacher serves every cohort of a run)",
         "",
@@ -275,9 +300,9 @@ def _task_report(task: Task, runs: list[dict[str, Any]], folder: Path, costs: Ma
         "",
         "## Is the ensemble worth deploying over its best single student?",
         "",
-        "Test: ensemble minus the best of its K students on the test split (optimistic for the student). Validation: "
-        "at the epoch of the ensemble's best validation metric (what model selection keeps), against the best "
-        "student at that epoch (`eval/metrics_history.csv`).",
+        "Test: ensemble minus the student with the best validation metric (the one a user would deploy alone). "
+        "Validation: at the epoch of the ensemble's best validation metric (what model selection keeps), against the "
+        "best student at that epoch (`eval/metrics_history.csv`).",
         "",
         *_ensemble_table(task, cells),
         "",
@@ -290,6 +315,107 @@ def _task_report(task: Task, runs: list[dict[str, Any]], folder: Path, costs: Ma
         "",
     ]
     return lines
+
+
+def _provenance(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Commits per cell (a cell mixing commits is marked) and the library versions of the runs."""
+    lines = []
+    for key, cell in _cells(runs).items():
+        commits = sorted({str(r.get("commit")) for r in cell})
+        if len(commits) > 1 or any(c.endswith("+dirty") for c in commits):
+            lines.append(f"- **cell {'/'.join(key)} mixes commits or an uncommitted tree**: {', '.join(commits)}")
+    versions = sorted({json.dumps(r.get("versions", {}), sort_keys=True) for r in runs})
+    one_commit = sorted({str(r.get("commit"))[:12] for r in runs})
+    libraries = "; ".join(", ".join(f"{k} {v}" for k, v in json.loads(v).items()) or "not recorded" for v in versions)
+    out = [f"Code: commit(s) {', '.join(one_commit)}; libraries: {libraries}.", ""]
+    return out + ([*lines, ""] if lines else [])
+
+
+def _mdd_line(task: Task, cells: Mapping[tuple[str, str], list[dict]]) -> str:
+    """The smallest difference of the ensemble's selection metric between two modes that the seeds can detect."""
+    m = task.selection_metric
+    parts = []
+    for (preset, variant), cell in cells.items():
+        sds = []
+        for other in [x for x in cell[0]["modes"] if x != REFERENCE]:
+            d = paired_differences({r["seed"]: _value(r, REFERENCE, ENSEMBLE, m) for r in cell},
+                                   {r["seed"]: _value(r, other, ENSEMBLE, m) for r in cell})  # fmt: skip
+            if math.isfinite(float(d["std"])):  # type: ignore[arg-type]
+                sds.append(float(d["std"]))  # type: ignore[arg-type]
+        if sds:
+            mdd = min_detectable_difference(sorted(sds)[len(sds) // 2], len(cell))
+            parts.append(f"{preset}/{variant}: {mdd:.3f} ({len(cell)} seeds)")
+    if not parts:
+        return "Smallest detectable difference: needs at least two seeds with kdml and another mode."
+    head = f"Smallest detectable difference in ensemble {task.labels[m]} between two modes (paired t over seeds, "
+    return (
+        head + "alpha 0.05 two-sided, 80 % power, median spread of the paired differences): " + "; ".join(parts) + "."
+    )
+
+
+def _seed_values(runs: Sequence[dict], protocol: str, mode: str, metric: str) -> tuple[dict[object, float], bool]:
+    """Per-seed ensemble metric of ``mode`` under ``protocol``; modes a protocol does not re-run (independent, ml)
+    come from today's run of the same seed (bit for bit what they would be). ``(values, borrowed)``."""
+    own: dict[object, float] = {r["seed"]: _value(r, mode, ENSEMBLE, metric) for r in runs
+           if r.get("protocol") == protocol and mode in r["modes"]}  # fmt: skip
+    if own:
+        return own, False
+    today: dict[object, float] = {r["seed"]: _value(r, mode, ENSEMBLE, metric) for r in runs
+             if r.get("protocol") == TODAY and mode in r["modes"]}  # fmt: skip
+    return today, True
+
+
+def _protocol_section(task: Task, runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Mode x protocol: the ensemble's selection metric, and every headline comparison with a paired t-interval over
+    seeds, its p-value and the smallest detectable difference; the number of comparisons is stated."""
+    protocols = [p for p in dict.fromkeys(r.get("protocol") for r in runs) if p]
+    if not protocols:
+        return []
+    m, label = task.selection_metric, task.labels[task.selection_metric]
+    modes = list(dict.fromkeys(mode for r in runs for mode in r["modes"]))
+    header = ["protocol", *modes, "teacher"]
+    rows = []
+    for p in protocols:
+        row = [p]
+        for mode in modes:
+            values, borrowed = _seed_values(runs, p, mode, m)
+            row.append(_fmt(*mean_std(list(values.values()))) + (" (today's)" if borrowed and p != TODAY else ""))
+        row.append(_fmt(*mean_std([_value(r, "-", "teacher", m) for r in runs if r.get("protocol") == p])))
+        rows.append(row)
+    comparisons: list[tuple[str, Mapping[object, float], Mapping[object, float]]] = []
+    for p in protocols:
+        ref, _ = _seed_values(runs, p, REFERENCE, m)
+        for other in [x for x in modes if x != REFERENCE]:
+            comparisons.append((f"{p}: kdml - {other}", ref, _seed_values(runs, p, other, m)[0]))
+    for p in [x for x in protocols if x != TODAY]:
+        for mode in [x for x in ("kd", "kdml") if x in modes]:
+            comparisons.append((f"{mode}: {p} - today", _seed_values(runs, p, mode, m)[0],
+                                _seed_values(runs, TODAY, mode, m)[0]))  # fmt: skip
+    c_rows = []
+    for name, first, second in comparisons:
+        d = paired_differences(first, second)
+        t = paired_t_interval(d["differences"])  # type: ignore[arg-type]
+        mdd = min_detectable_difference(float(d["std"]), len(d["differences"]))  # type: ignore[arg-type]
+        c_rows.append([name, f"{t['mean']:+.4f}", f"[{t['low']:+.4f}, {t['high']:+.4f}]", f"{t['p']:.3f}",
+                       str(t["n"]), f"{mdd:.4f}"])  # fmt: skip
+    k = len(comparisons)
+    return [
+        f"## Mode x protocol: ensemble {label} (test; mean ± std over seeds)",
+        "",
+        *_table(header, rows),
+        "",
+        "Modes a protocol does not re-run (they never read the teacher) are today's runs of the same seeds.",
+        "",
+        f"## Headline comparisons ({k} comparisons; paired over seeds)",
+        "",
+        "Mean paired difference, 95 % paired t-interval over seeds, two-sided p, seeds, and the smallest difference "
+        "this design detects (80 % power, alpha 0.05, from the spread of that difference over seeds). No "
+        f"multiplicity correction: with {k} comparisons, p < {0.05 / max(k, 1):.4f} is the Bonferroni bar. Per-run "
+        "bootstrap intervals (by patient / frame) are in the tables below.",
+        "",
+        *_table(["comparison", "mean", "95 % t-interval", "p", "n", "detectable"], c_rows),
+        "",
+    ]
 
 
 def write_reports(results_dir: str | Path, tasks: Sequence[str], hparams_dir: str | Path | None = None) -> list[Path]:

@@ -11,7 +11,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap", "mean_std", "paired_differences", "percentile_interval", "roc_auc"]
+__all__ = [
+    "bootstrap",
+    "mean_std",
+    "min_detectable_difference",
+    "paired_differences",
+    "paired_t_interval",
+    "percentile_interval",
+    "roc_auc",
+]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -146,3 +154,37 @@ def _finite(value: object) -> bool:
         return math.isfinite(float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
+
+
+def paired_t_interval(differences: Sequence[float], level: float = 0.95) -> dict[str, float]:
+    """Student-t interval of the mean of paired differences over seeds, and its two-sided p-value against 0.
+
+    ``mean ± t_{(1+level)/2, n-1} * sd / sqrt(n)`` (``sd`` with ``ddof=1``) over the finite differences.
+
+    Returns:
+        ``{"mean", "low", "high", "p", "n"}``; ``low``/``high``/``p`` are ``nan`` with fewer than two differences, and
+        with no spread the interval is the mean itself (``p`` 0 unless the mean is 0).
+    """
+    from scipy import stats as sps
+
+    d = [float(x) for x in differences if _finite(x)]
+    n = len(d)
+    mean, sd = mean_std(d)
+    if n < 2:
+        return {"mean": mean, "low": math.nan, "high": math.nan, "p": math.nan, "n": n}
+    se = sd / math.sqrt(n)
+    half = float(sps.t.ppf((1 + level) / 2, n - 1)) * se
+    p = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * sps.t.sf(abs(mean / se), n - 1))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "p": p, "n": n}
+
+
+def min_detectable_difference(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean paired difference a two-sided paired t-test over ``n`` seeds detects with ``power``,
+    given the spread ``sd`` of the differences over seeds: ``(t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)``
+    (the usual normal-approximation formula with t quantiles). ``nan`` with ``n < 2`` or a non-finite ``sd``.
+    """
+    from scipy import stats as sps
+
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return float((sps.t.ppf(1 - alpha / 2, n - 1) + sps.t.ppf(power, n - 1)) * sd / math.sqrt(n))

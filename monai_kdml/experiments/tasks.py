@@ -22,7 +22,7 @@ from monai_kdml.experiments.stats import bootstrap, mean_std, roc_auc
 from monai_kdml.handlers.history import ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, cohort_key, student_name
 
-__all__ = ["TASKS", "Scale", "Task", "collect_run", "read_metrics"]
+__all__ = ["TASKS", "Scale", "Task", "collect_run", "read_metrics", "test_folder", "validation_best_student"]
 
 REFERENCE = "kdml"
 """The mode every other mode is compared with (the method)."""
@@ -39,6 +39,9 @@ class Scale:
     common: Mapping[str, Any] = field(default_factory=dict)
     train: Mapping[str, Any] = field(default_factory=dict)
     presets: tuple[str, ...] = ()
+    external_test: Mapping[str, Any] | None = None
+    """MSI only: arguments of :func:`monai_kdml.apps.msi.demo.ensure_msi_demo` for an external test cohort of fresh
+    synthetic patients, generated once per grid and scored with ``--test_dir``."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,16 @@ class Task:
     scales: Mapping[str, Scale]
     variants: Mapping[str, Mapping[str, Any]]
     bootstrap: Callable[[Path, Sequence[str], int, int, int], dict[str, dict[str, float]]]
+
+
+def test_folder(run_dir: str | Path) -> Path:
+    """The run's test evaluation: ``eval/test`` (the data set's test split) or the one ``eval/external_<name>``
+    folder an external cohort (``--test_dir``) was scored into."""
+    run_dir = Path(run_dir)
+    external = sorted((run_dir / "eval").glob("external_*"))
+    if not (run_dir / "eval" / "test").is_dir() and len(external) == 1:
+        return external[0]
+    return run_dir / "eval" / "test"
 
 
 def read_metrics(path: str | Path) -> dict[str, float]:
@@ -102,11 +115,12 @@ def _read_scores(path: Path) -> tuple[list[dict[str, str]], list[str]]:
 def _msi_bootstrap(
     run_dir: Path, cohorts: Sequence[str], num_students: int, resamples: int, seed: int
 ) -> dict[str, dict[str, float]]:
-    """Tile AUC over resampled tiles and patient AUC over resampled patients, for each cohort's ensemble, mean student
-    and the teacher, and the paired differences of ``kdml`` against every other cohort."""
+    """Tile AUC and patient AUC over resampled patients (tiles of one patient are not independent: a tile bootstrap
+    gives intervals ~2.5x too narrow), for each cohort's ensemble, mean student and the teacher, and the paired
+    differences of ``kdml`` against every other cohort."""
     out: dict[str, dict[str, float]] = {}
     for file, metric in (("tile_scores.csv", "auc"), ("patient_scores.csv", "patient_auc")):
-        path = run_dir / "eval" / "test" / file
+        path = test_folder(run_dir) / file
         if not path.is_file():
             continue
         rows, _ = _read_scores(path)
@@ -131,7 +145,8 @@ def _msi_bootstrap(
                 values[f"{c}/mean_student_{metric}"] = float(np.mean(aucs))
             return _add_differences(values, cohorts, [metric])
 
-        out.update(bootstrap(statistic, len(rows), resamples, seed))
+        groups = [r.get("patient") or r.get("path") for r in rows] if metric == "auc" else None
+        out.update(bootstrap(statistic, len(rows), resamples, seed, groups=groups))
     return out
 
 
@@ -144,10 +159,24 @@ MSI = Task(
     selection_metric="auc",
     scales={
         "tiny": Scale(
-            "tests: 8 demo patients x 4 tiles, 32 px, 2 epochs, no warm-up",
+            "tests: 8 demo patients x 4 tiles, 32 px, 2 epochs, no warm-up; external test: 8 fresh patients x 4 tiles",
             common={"demo_patients": 8, "demo_tiles_per_patient": 4, "image_size": 32, "batch_size": 8},
             train={"max_epochs": 2, "warmup_epochs": 0},
             presets=("demo",),
+            external_test={
+                "num_patients": 8,
+                "tiles_per_patient": 4,
+                "tile_size": 32,
+                "seed": 1000,
+                "test_fraction": 0.75,
+            },
+        ),
+        "teacher": Scale(
+            "the demo run (64 px, batch 32, 14 epochs) on 64 synthetic patients x 20 tiles with 45 % of the training "
+            "patients for validation (22 patients), scored on an external cohort of 108 fresh patients x 20 tiles",
+            common={"demo_patients": 64, "val_fraction": 0.45},
+            presets=("demo",),
+            external_test={"num_patients": 120, "tiles_per_patient": 20, "seed": 1000, "test_fraction": 0.9},
         ),
         "cpu": Scale(
             "the bundle's demo run: 48 synthetic patients x 20 tiles, 64 px, batch 32, 14 epochs (2-core CPU)",
@@ -178,7 +207,7 @@ def _polyp_bootstrap(
     student and the teacher, and the paired differences of ``kdml`` against every other cohort."""
     from monai_kdml.apps.polyp.evaluation import FRAME_DETECTIONS, frame_matches, read_frame_detections
 
-    path = run_dir / "eval" / "test" / FRAME_DETECTIONS
+    path = test_folder(run_dir) / FRAME_DETECTIONS
     if not path.is_file():
         return {}
     content = read_frame_detections(path)
@@ -229,6 +258,13 @@ POLYP = Task(
             train={"max_epochs": 8, "warmup_epochs": 1},
             presets=("cpu",),
         ),
+        "teacher": Scale(
+            "Kvasir-SEG ({data}/kvasir-seg, all 824 frames), seeded 80/10/10 split by image id, 'cpu' detectors at "
+            "96 px, 4 epochs, batch 8, KD/ML warm-up 1 epoch",
+            common={"dataset_dir": "{data}/kvasir-seg", "image_size": 96},
+            train={"max_epochs": 4, "warmup_epochs": 1},
+            presets=("cpu",),
+        ),
         "full": Scale(
             "Kvasir-SEG ({data}/kvasir-seg), the bundle's defaults for the preset (gpu: 512 px, 24 epochs)",
             common={"dataset_dir": "{data}/kvasir-seg"},
@@ -247,6 +283,29 @@ TASKS: dict[str, Task] = {"msi": MSI, "polyp": POLYP}
 """The tasks by name."""
 
 
+def validation_best_student(
+    history: Sequence[Mapping[str, Any]], metric: str, cohort: str | None, num_students: int
+) -> int | None:
+    """The one student with the best validation ``metric`` at the epoch model selection kept (the epoch of the
+    cohort's best validation ensemble metric): the student a user would deploy alone. ``None`` without a history."""
+    ens = cohort_key(cohort, f"{ENSEMBLE}_{metric}")
+    rows = [r for r in history if _num(r.get(ens)) is not None]
+    if not rows:
+        return None
+    best_epoch = max(rows, key=lambda r: _num(r[ens]) or -math.inf)  # first of ties: what the saver kept
+    values = [_num(best_epoch.get(cohort_key(cohort, f"{student_name(k)}_{metric}"))) for k in range(num_students)]
+    scored = [(v, -k) for k, v in enumerate(values) if v is not None]
+    return -max(scored)[1] if scored else None
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
 def collect_run(
     task: Task, run_dir: str | Path, cohorts: Sequence[str], resamples: int = 1000, seed: int = 0
 ) -> dict[str, Any]:
@@ -260,7 +319,7 @@ def collect_run(
     import json
 
     run_dir = Path(run_dir)
-    metrics = read_metrics(run_dir / "eval" / "test" / "metrics.csv")
+    metrics = read_metrics(test_folder(run_dir) / "metrics.csv")
     record = json.loads((run_dir / "models" / "network.json").read_text())
     num_students = int(record["num_students"])
     test: dict[str, Any] = {}
@@ -272,16 +331,19 @@ def collect_run(
         test[c] = {
             ENSEMBLE: {m: metrics.get(f"{cohort_key(c, ENSEMBLE)}_{m}", math.nan) for m in task.metrics},
             "students": students,
-            "best_student": {m: max(s[m] for s in students) for m in task.metrics},
+            "oracle_student": {m: max(s[m] for s in students) for m in task.metrics},
             "mean_student": {m: mean_std([s[m] for s in students])[0] for m in task.metrics},
             "disagreement": metrics.get(cohort_key(c, "disagreement")),
         }
         wbf = {m: metrics.get(f"{cohort_key(c, 'wbf')}_{m}") for m in task.metrics}
         if all(v is not None for v in wbf.values()):
             test[c]["wbf"] = wbf
-    verdict = ensemble_vs_best_student(
-        read_history(run_dir / "eval" / "metrics_history.csv"), task.selection_metric, cohorts
-    )
+    history = read_history(run_dir / "eval" / "metrics_history.csv")
+    verdict = ensemble_vs_best_student(history, task.selection_metric, cohorts)
+    for c in cohorts:
+        k = validation_best_student(history, task.selection_metric, c, num_students)
+        test[c]["best_student_index"] = k
+        test[c]["best_student"] = test[c]["students"][k] if k is not None else {m: math.nan for m in task.metrics}
     return {
         "num_students": num_students,
         "record": record,

@@ -24,9 +24,10 @@ from monai_kdml.handlers.resume import (
     read_checkpoint,
     resume_checkpoint,
 )
-from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, WarmupHandler
+from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, RampHandler, WarmupHandler
 from monai_kdml.handlers.seeding import EpochSeedHandler
 from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState, select_best
+from monai_kdml.handlers.standing import TeacherStandingGate, teacher_margin
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted
 from monai_kdml.handlers.summary import EpochSummary, RunSummary
 from monai_kdml.handlers.tensorboard import TensorBoardCurves, tag_layout
@@ -51,8 +52,10 @@ __all__ = [
     "NonFiniteLossGuard",
     "NothingToResumeError",
     "ProgressHandler",
+    "RampHandler",
     "RunSummary",
     "StopGuard",
+    "TeacherStandingGate",
     "TensorBoardCurves",
     "TrainingCheckpoint",
     "TrainingInterrupted",
@@ -71,5 +74,6 @@ __all__ = [
     "split_loss_key",
     "split_metric_key",
     "tag_layout",
+    "teacher_margin",
     "total_loss",
 ]

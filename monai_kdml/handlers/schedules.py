@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ from monai.handlers import LrScheduleHandler, ParamSchedulerHandler
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["AttributeSetter", "LrScheduleHandlerGroup", "WarmupHandler"]
+__all__ = ["RAMP_SHAPES", "AttributeSetter", "LrScheduleHandlerGroup", "RampHandler", "WarmupHandler", "ramp_fraction"]
 
 
 class AttributeSetter:
@@ -78,6 +79,94 @@ class WarmupHandler(ParamSchedulerHandler):
             epoch_level=epoch_level,
             event=Events.ITERATION_STARTED,  # type: ignore[arg-type]  # MONAI annotates str; ignite needs the enum
         )
+
+
+RAMP_SHAPES = ("linear", "cosine", "sigmoid")
+"""Shapes of :class:`RampHandler`: the fraction of the way from start to end value at progress ``t`` in ``[0, 1]``."""
+
+
+def ramp_fraction(progress: float, shape: str) -> float:
+    """How far a ramp of ``shape`` is at ``progress`` (clipped to ``[0, 1]``).
+
+    - ``linear``: ``t``;
+    - ``cosine``: ``(1 - cos(pi t)) / 2`` (half a cosine: slow start and end);
+    - ``sigmoid``: ``exp(-5 (1 - t)^2)``, the ramp-up of Laine & Aila (ICLR 2017) and Tarvainen & Valpola
+      (NeurIPS 2017) that ONE (Lan et al., NeurIPS 2018) and OKDDip (Chen et al., AAAI 2020) use for their
+      distillation weight (over 80 of 300 epochs); it is ``exp(-5) ~ 0.007`` at ``t = 0``, not 0.
+    """
+    if shape not in RAMP_SHAPES:
+        raise ValueError(f"`shape` must be one of {RAMP_SHAPES}, got {shape!r}.")
+    t = min(1.0, max(0.0, float(progress)))
+    if shape == "linear":
+        return t
+    if shape == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
+class RampHandler(ParamSchedulerHandler):
+    """Ramp ``target.<attribute>`` from ``start_value`` to ``end_value`` at iteration level, over ``steps`` iterations
+    or ``epochs`` epochs (converted with the loader's length when the run starts), in one of :data:`RAMP_SHAPES`.
+
+    The value is set at ``ITERATION_STARTED`` from the engine's iteration counter alone (``t = (iteration - 1) /
+    span``), so a resumed run gets the same schedule; after the span the value stays at ``end_value``. Unlike
+    :class:`WarmupHandler` (epoch-level steps), the weight grows smoothly within epochs, and long spans (a large
+    share of training, as in ONE/OKDDip) are the point: KD from a lagging online teacher is what hurts early.
+
+    Args:
+        target: the object holding the attribute (usually the loss).
+        attribute: e.g. ``"kd_weight"``, ``"ml_weight"``.
+        steps: span in iterations (give this or ``epochs``).
+        epochs: span in epochs, may be fractional (give this or ``steps``).
+        shape: ``linear``, ``cosine`` or ``sigmoid`` (:func:`ramp_fraction`).
+        start_value: value at the first iteration.
+        end_value: value after the span; defaults to the attribute's value at construction.
+
+    Example::
+
+        RampHandler(loss, "kd_weight", epochs=10, shape="cosine").attach(trainer)
+    """
+
+    def __init__(
+        self,
+        target: Any,
+        attribute: str,
+        steps: int | None = None,
+        epochs: float | None = None,
+        shape: str = "linear",
+        start_value: float = 0.0,
+        end_value: float | None = None,
+    ) -> None:
+        if (steps is None) == (epochs is None):
+            raise ValueError(f"RampHandler: give exactly one of `steps` and `epochs`, got {steps} and {epochs}.")
+        span = steps if steps is not None else epochs
+        if span is None or span < 0:
+            raise ValueError(f"RampHandler: the span must be >= 0, got steps={steps}, epochs={epochs}.")
+        ramp_fraction(0.0, shape)  # validates the shape now, not at the first iteration
+        self.shape, self.steps, self.epochs = shape, steps, epochs
+        self.start_value = start_value
+        self.end_value = float(getattr(target, attribute)) if end_value is None else end_value
+        self.span_iterations = float(steps) if steps is not None else None
+        super().__init__(
+            parameter_setter=AttributeSetter(target, attribute),
+            value_calculator=self._value,
+            vc_kwargs={},
+            epoch_level=False,
+            event=Events.ITERATION_STARTED,  # type: ignore[arg-type]  # MONAI annotates str; ignite needs the enum
+        )
+
+    def _value(self, current_step: int) -> float:
+        span = self.span_iterations or 0.0
+        progress = 1.0 if span <= 0 else (current_step - 1) / span
+        return self.start_value + (self.end_value - self.start_value) * ramp_fraction(progress, self.shape)
+
+    def _resolve_span(self, engine: Engine) -> None:
+        if self.epochs is not None:
+            self.span_iterations = self.epochs * float(engine.state.epoch_length or 0)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._resolve_span)
+        super().attach(engine)
 
 
 class LrScheduleHandlerGroup:

@@ -8,7 +8,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from monai_kdml.experiments.stats import bootstrap, mean_std, paired_differences, percentile_interval, roc_auc
+from monai_kdml.experiments.stats import (
+    bootstrap,
+    mean_std,
+    min_detectable_difference,
+    paired_differences,
+    paired_t_interval,
+    percentile_interval,
+    roc_auc,
+)
+from monai_kdml.experiments.tasks import validation_best_student
 from monai_kdml.handlers import select_best
 from monai_kdml.handlers.history import ensemble_vs_best_student
 
@@ -110,3 +119,33 @@ def test_select_best_keeps_its_own_best_per_metric() -> None:
     assert engine.state.best_metrics == {"kd/ensemble_auc": {"value": 0.6, "epoch": 4}}
     with pytest.raises(KeyError, match="no such metric"):
         select_best(engine, "kdml/ensemble_auc")  # type: ignore[arg-type]
+
+
+def test_paired_t_interval_by_hand() -> None:
+    d = [0.01, 0.03, -0.01, 0.02, 0.05]
+    mean, sd = 0.02, math.sqrt(sum((x - 0.02) ** 2 for x in d) / 4)
+    half = 2.7764451051977987 * sd / math.sqrt(5)  # t_{0.975, 4}
+    t = paired_t_interval(d)
+    assert t["mean"] == pytest.approx(mean) and t["n"] == 5
+    assert (t["low"], t["high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert t["p"] == pytest.approx(0.1161, abs=1e-3)  # t = 2.0 on 4 degrees of freedom
+    assert math.isnan(paired_t_interval([0.1])["low"])
+
+
+def test_min_detectable_difference_by_hand() -> None:
+    # (t_{0.975,4} + t_{0.8,4}) * sd / sqrt(n) = (2.7764 + 0.9410) * 0.02 / sqrt(5)
+    assert min_detectable_difference(0.02, 5) == pytest.approx((2.7764451 + 0.9409646) * 0.02 / math.sqrt(5), rel=1e-5)
+    assert min_detectable_difference(0.02, 10) < min_detectable_difference(0.02, 5)
+    assert math.isnan(min_detectable_difference(0.02, 1))
+
+
+def test_best_student_is_chosen_on_validation_at_the_selected_epoch() -> None:
+    rows = [
+        {"epoch": 1, "kd/ensemble_auc": 0.70, "kd/student_0_auc": 0.72, "kd/student_1_auc": 0.60},
+        {"epoch": 2, "kd/ensemble_auc": 0.80, "kd/student_0_auc": 0.75, "kd/student_1_auc": 0.78},
+        {"epoch": 3, "kd/ensemble_auc": 0.79, "kd/student_0_auc": 0.70, "kd/student_1_auc": 0.81},
+    ]
+    assert validation_best_student(rows, "auc", "kd", 2) == 1  # epoch 2 is kept; student 1 leads there
+    rows[1]["kd/student_0_auc"] = 0.78  # a tie goes to the first student
+    assert validation_best_student(rows, "auc", "kd", 2) == 0
+    assert validation_best_student([], "auc", "kd", 2) is None

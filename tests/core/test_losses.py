@@ -180,3 +180,57 @@ def test_temperature_scaling_keeps_gradient_scale() -> None:
         KDLoss(t)(zs, zt).backward()
         norms.append(zs.grad.norm().item())
     assert math.isclose(norms[0], norms[1], rel_tol=0.6)
+
+
+# ---------------------------------------------------------------- teacher-aware KD (issue 17)
+def _batch(seed: int = 3) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    students = [torch.randn(8, 3, generator=g, requires_grad=True) for _ in range(2)]
+    return students, torch.randn(8, 3, generator=g), torch.randint(0, 3, (8,), generator=g)
+
+
+def test_kd_gate_none_is_bit_for_bit_the_plain_loss() -> None:
+    students, teacher, y = _batch()
+    plain = KDMLLoss(temperature=2.0)(students, teacher, y)
+    gated = KDMLLoss(temperature=2.0, kd_gate="none")(students, teacher, y)
+    for k in range(2):
+        assert torch.equal(plain["students"]["kd"][k], gated["students"]["kd"][k])
+    assert torch.equal(plain["loss"], gated["loss"])
+    g1 = torch.autograd.grad(plain["loss"], students)
+    g2 = torch.autograd.grad(gated["loss"], students)
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
+
+
+def test_kd_gate_correct_distils_only_what_the_teacher_gets_right() -> None:
+    students, teacher, y = _batch()
+    right = teacher.argmax(1) == y
+    assert 0 < int(right.sum()) < 8  # the batch has both kinds of samples
+    t = 2.0
+    kl = kl_direct(torch.softmax(teacher / t, 1), torch.softmax(students[0].detach() / t, 1))
+    terms = KDMLLoss(temperature=t, kd_gate="correct")(students, teacher, y)
+    assert terms["students"]["kd"][0].item() == pytest.approx((t**2 * (kl * right).sum() / 8).item(), rel=1e-5)
+    # a sample the teacher gets wrong sends no KD gradient
+    (grad,) = torch.autograd.grad(terms["students"]["kd"][0], students[0])
+    assert torch.all(grad[~right] == 0) and torch.any(grad[right] != 0)
+
+
+@pytest.mark.parametrize("layout", ["index", "channel", "onehot"])
+def test_kd_gate_probability_weights_by_true_class_probability(layout: str) -> None:
+    students, teacher, y = _batch(4)
+    target = {"index": y, "channel": y[:, None], "onehot": F.one_hot(y, 3).float()}[layout]
+    t = 1.5
+    weight = torch.softmax(teacher, 1).gather(1, y[:, None]).squeeze(1)
+    kl = kl_direct(torch.softmax(teacher / t, 1), torch.softmax(students[1].detach() / t, 1))
+    terms = KDMLLoss(temperature=t, kd_gate="probability")(students, teacher, target)
+    assert terms["students"]["kd"][1].item() == pytest.approx((t**2 * (kl * weight).mean()).item(), rel=1e-5)
+
+
+def test_kd_gate_on_dense_logits_and_bad_name() -> None:
+    g = torch.Generator().manual_seed(5)
+    zs, zt = [torch.randn(2, 3, 4, 4, generator=g)], torch.randn(2, 3, 4, 4, generator=g)
+    y = zt.argmax(1)  # the teacher is right everywhere: the gate changes nothing
+    plain = KDMLLoss()(zs, zt, y, use_ml=False)["students"]["kd"][0]
+    gated = KDMLLoss(kd_gate="correct")(zs, zt, y[:, None], use_ml=False)["students"]["kd"][0]
+    assert gated.item() == pytest.approx(plain.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="kd_gate"):
+        KDMLLoss(kd_gate="right")

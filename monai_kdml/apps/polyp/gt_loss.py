@@ -41,16 +41,24 @@ class AnchorMatch:
         anchors: per image, ``(A, 2 * spatial_dims)`` xyxy pixels.
         matched_idxs: per image, ``(A,)``: a GT index ``>= 0``, ``-1`` background, ``-2`` ignored.
         targets: per image ``{box_key: (M, 4) float32, label_key: (M,) int64}`` on the anchors' device (copies).
+        sampled_per_image: anchors per image the GT classification loss samples (``batch_size_per_image``).
     """
 
     anchors: list[Tensor]
     matched_idxs: list[Tensor]
     targets: list[dict[str, Tensor]]
+    sampled_per_image: int = 64
 
     @property
     def positive(self) -> Tensor:
         """``(B, A)`` bool: GT-matched anchors."""
         return torch.stack([m >= 0 for m in self.matched_idxs])
+
+    @property
+    def sampled(self) -> float:
+        """Anchors the GT classification loss averages over, nominally: ``sampled_per_image`` (the hard-negative
+        sampler's ``batch_size_per_image``) times the number of images."""
+        return float(self.sampled_per_image * len(self.matched_idxs))
 
     @property
     def normalizer(self) -> float:
@@ -96,6 +104,7 @@ class RetinaNetGTLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.spec = spec
+        self.batch_size_per_image = batch_size_per_image
         self.box_key, self.label_key = box_key, label_key
         self.cls_key, self.box_reg_key = cls_key, box_reg_key
         self.template = RetinaNetDetector(
@@ -170,7 +179,7 @@ class RetinaNetGTLoss(nn.Module):
             if int(idxs.max()) < 0:
                 logger.warning("image %d: no anchor matched its %d box(es); check the anchor shapes.", i, len(boxes))
             matched.append(idxs)
-        return AnchorMatch([anchors] * len(targets), matched, targets)
+        return AnchorMatch([anchors] * len(targets), matched, targets, self.batch_size_per_image)
 
     def compute(self, cls_logits: Tensor, box_deltas: Tensor, match: AnchorMatch) -> dict[str, Tensor]:
         """``{"cls", "box"}`` GT losses of flattened outputs (see :meth:`flatten`) against a batch's ``match``."""
@@ -180,6 +189,18 @@ class RetinaNetGTLoss(nn.Module):
         else:
             box = self.template.compute_box_loss(box_deltas, match.targets, match.anchors, match.matched_idxs)
         return {"cls": cls, "box": box}
+
+    def gt_deltas(self, match: AnchorMatch) -> Tensor:
+        """``(B, A, 2 * spatial_dims)`` GT boxes encoded against their matched anchors (the regression targets of
+        :meth:`compute`'s box loss, by the template's box coder); zeros on anchors that are not GT-positive."""
+        anchors = match.anchors[0]
+        out = torch.zeros((len(match.matched_idxs), *anchors.shape), device=anchors.device, dtype=torch.float32)
+        for i, (idxs, target) in enumerate(zip(match.matched_idxs, match.targets, strict=True)):
+            fg = torch.where(idxs >= 0)[0]
+            if fg.numel():
+                boxes = target[self.box_key][idxs[fg]].to(anchors.device)
+                out[i, fg] = self.template.box_coder.encode_single(boxes, match.anchors[i][fg]).float()
+        return out
 
     def forward(self, head_output: HeadOutput, targets: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
         """``{"cls", "box"}`` GT losses of one network's head output."""

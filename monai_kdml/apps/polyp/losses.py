@@ -23,6 +23,13 @@ a sum over tens of thousands of anchors divided by a few positives pushes every 
 ResNet18 peers, ML term 0.5 -> 490 in one SGD step). Dividing by the effective number of disagreeing anchors
 ``sum w`` then turns the term into a weighted mean, whose gradient on any shared logit offset is at most ``T``.
 
+Teacher-bounded box KD (``box_bound_margin``, off by default): Chen et al., "Learning Efficient Object Detection
+Models with Knowledge Distillation", NeurIPS 2017, use the teacher's regression only as an upper bound: the student
+is penalised where its error to the ground truth exceeds the teacher's by a margin ``m``. Here: the teacher's box
+deltas are distilled only on GT-positive anchors where the teacher is closer to the GT than the student by ``m``
+(per-anchor smooth-L1 to the encoded GT box, summed over coordinates; :func:`teacher_bounded_mask`); anchors without
+a GT box are not distilled (nothing tells whether the teacher is right there). ``box_kd=False`` drops the KD box term.
+
 The ground-truth part and the anchor matching are in :mod:`monai_kdml.apps.polyp.gt_loss`.
 Reference: Niyaz & Bathula, ISBI 2022 (KD + ML); Lin et al., ICCV 2017 (RetinaNet); Zhang et al., CVPR 2020 (ATSS).
 """
@@ -45,6 +52,7 @@ __all__ = [
     "distillation_anchor_mask",
     "sigmoid_distillation",
     "sigmoid_kl_div",
+    "teacher_bounded_mask",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +76,7 @@ def sigmoid_distillation(
     temperature: float = 1.0,
     gamma: float = 2.0,
     min_normalizer: float = 1.0,
+    normalizer: float | None = None,
 ) -> Tensor:
     """Focal-weighted sigmoid distillation ``T^2 / max(N, sum w) * sum w * KL(Bern(p_t) || Bern(p_s))``.
 
@@ -79,6 +88,8 @@ def sigmoid_distillation(
         temperature: ``T > 0``.
         gamma: ``>= 0``; 0 gives ``w = 1``, i.e. the mean KL over elements (when there are more than ``N``).
         min_normalizer: ``N > 0``, the normaliser's floor (e.g. the number of positive anchors).
+        normalizer: a fixed divisor instead of ``max(N, sum w)`` (e.g. the number of anchors the GT classification
+            loss samples, for ``kd_cls_normalizer="sampled"``).
 
     Returns:
         A scalar.
@@ -87,6 +98,8 @@ def sigmoid_distillation(
     p_s = torch.sigmoid(student_logits.detach().float() / temperature)
     p_t = torch.sigmoid(target_logits.detach().float() / temperature)
     weight = (p_t - p_s).abs().pow(gamma)
+    if normalizer is not None:
+        return (weight * kl).sum() * temperature**2 / normalizer
     return (weight * kl).sum() * temperature**2 / weight.sum().clamp(min=min_normalizer)
 
 
@@ -98,6 +111,24 @@ def distillation_anchor_mask(positive: Tensor, target_logits: Tensor, threshold:
     """
     confident = torch.sigmoid(target_logits.detach().float()).amax(dim=-1) > threshold
     return positive | confident
+
+
+def teacher_bounded_mask(
+    positive: Tensor, student_deltas: Tensor, teacher_deltas: Tensor, gt_deltas: Tensor, margin: float, beta: float
+) -> Tensor:
+    """GT-positive anchors where the teacher's box is closer to the ground truth than the student's by ``margin``,
+    ``(B, A)`` bool (Chen et al., NeurIPS 2017): ``e_t + margin < e_s`` with ``e = sum_j smoothL1_beta(d_j - g_j)``.
+
+    Args:
+        positive: ``(B, A)`` GT-matched anchors.
+        student_deltas, teacher_deltas: ``(B, A, 2D)`` predicted deltas (only read).
+        gt_deltas: ``(B, A, 2D)`` encoded GT boxes (:meth:`RetinaNetGTLoss.gt_deltas`).
+        margin: ``m >= 0`` in the same units as the smooth-L1 errors.
+        beta: smooth-L1 ``beta``.
+    """
+    err_s = F.smooth_l1_loss(student_deltas.detach().float(), gt_deltas, beta=beta, reduction="none").sum(-1)
+    err_t = F.smooth_l1_loss(teacher_deltas.detach().float(), gt_deltas, beta=beta, reduction="none").sum(-1)
+    return positive & (err_t + margin < err_s)
 
 
 def box_distillation(student_deltas: Tensor, target_deltas: Tensor, mask: Tensor, beta: float = 1.0 / 9) -> Tensor:
@@ -142,6 +173,14 @@ class DetectionKDMLLoss(nn.Module):
         box_threshold: a target's box deltas are also distilled where its score exceeds this (``>= 1``: GT-positive
             anchors only).
         box_beta: smooth-L1 ``beta`` of the box terms.
+        box_kd: distil the teacher's boxes (``False``: no ``kd_box`` term; ML box terms are unaffected).
+        box_bound_margin: ``None`` (default: distil on ``box_threshold``'s mask, as before) or a margin ``m >= 0``:
+            distil the teacher's boxes only on GT-positive anchors where it is closer to the GT than the student by
+            ``m`` (:func:`teacher_bounded_mask`, Chen et al. 2017); ``box_threshold`` then plays no part in KD.
+        kd_cls_normalizer: divisor of the KD classification sum: ``"disagreement"`` (default, ``max(N, sum w)``, as
+            the ML term) or ``"sampled"``: the number of anchors the GT classification loss averages over
+            (``batch_size_per_image`` per image), so one disagreeing anchor weighs in KD what one sampled anchor
+            weighs in the GT loss (see docs/method.md for the measured magnitudes). ML keeps ``max(N, sum w)``.
     """
 
     def __init__(
@@ -154,10 +193,19 @@ class DetectionKDMLLoss(nn.Module):
         gamma: float = 2.0,
         box_threshold: float = 0.5,
         box_beta: float = 1.0 / 9,
+        box_kd: bool = True,
+        box_bound_margin: float | None = None,
+        kd_cls_normalizer: str = "disagreement",
     ) -> None:
         super().__init__()
         if temperature <= 0 or gamma < 0 or box_beta <= 0:
             raise ValueError(f"need temperature > 0, gamma >= 0, box_beta > 0; got {temperature}, {gamma}, {box_beta}.")
+        if box_bound_margin is not None and not box_bound_margin >= 0:
+            raise ValueError(f"`box_bound_margin` must be None or >= 0, got {box_bound_margin}.")
+        if kd_cls_normalizer not in ("disagreement", "sampled"):
+            raise ValueError(f"`kd_cls_normalizer` must be 'disagreement' or 'sampled', got {kd_cls_normalizer!r}.")
+        self.box_kd, self.box_bound_margin = bool(box_kd), box_bound_margin
+        self.kd_cls_normalizer = kd_cls_normalizer
         self.gt_loss = gt_loss
         self.gt_weight, self.kd_weight, self.ml_weight = gt_weight, kd_weight, ml_weight
         self.temperature, self.gamma = temperature, gamma
@@ -209,13 +257,23 @@ class DetectionKDMLLoss(nn.Module):
         thr = self.box_threshold
         box_masks = [distillation_anchor_mask(positive, logits, thr) for logits, _ in students] if use_ml else []
         teacher_mask = distillation_anchor_mask(positive, teacher[0], thr) if use_kd and teacher is not None else None
+        bounded = self.box_bound_margin is not None and self.box_kd and teacher_mask is not None
+        gt_deltas = self.gt_loss.gt_deltas(match) if bounded else None
         for k, (cls, box) in enumerate(students):
             terms = self.gt_loss.compute(cls, box, match)
             total = self.gt_weight * (terms["cls"] + terms["box"])
             if teacher is not None and teacher_mask is not None:
-                terms["kd_cls"] = sigmoid_distillation(cls, teacher[0], self.temperature, self.gamma, norm)
-                terms["kd_box"] = box_distillation(box, teacher[1], teacher_mask, self.box_beta)
-                total = total + self.kd_weight * (terms["kd_cls"] + terms["kd_box"])
+                fixed = match.sampled * cls.shape[-1] if self.kd_cls_normalizer == "sampled" else None
+                terms["kd_cls"] = sigmoid_distillation(cls, teacher[0], self.temperature, self.gamma, norm, fixed)
+                kd = terms["kd_cls"]
+                if self.box_kd:
+                    mask = teacher_mask
+                    if gt_deltas is not None:
+                        margin = float(self.box_bound_margin or 0.0)
+                        mask = teacher_bounded_mask(positive, box, teacher[1], gt_deltas, margin, self.box_beta)
+                    terms["kd_box"] = box_distillation(box, teacher[1], mask, self.box_beta)
+                    kd = kd + terms["kd_box"]
+                total = total + self.kd_weight * kd
             if use_ml:
                 peers = [j for j in range(num_students) if j != k]
                 ml_cls = [sigmoid_distillation(cls, students[j][0], self.temperature, self.gamma, norm) for j in peers]

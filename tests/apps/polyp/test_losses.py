@@ -19,6 +19,7 @@ from monai_kdml.apps.polyp.losses import (
     distillation_anchor_mask,
     sigmoid_distillation,
     sigmoid_kl_div,
+    teacher_bounded_mask,
 )
 from monai_kdml.apps.polyp.networks import DetectorSpec, build_retinanet
 
@@ -356,3 +357,101 @@ def test_everything_runs_with_torchvision_unimportable():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+# ---------------------------------------------------------------- teacher-aware box KD (issue 17)
+def test_box_kd_options_off_are_bit_for_bit_the_default():
+    loss, students, teacher, _ = _kdml()
+    torch.manual_seed(0)  # the hard-negative sampler of the GT classification loss draws at random
+    out = loss(students, teacher, TARGETS)
+    torch.manual_seed(0)
+    explicit = DetectionKDMLLoss(RetinaNetGTLoss(SPEC), box_kd=True, box_bound_margin=None)(students, teacher, TARGETS)
+    for name, values in out["students"].items():
+        assert all(torch.equal(a, b) for a, b in zip(values, explicit["students"][name], strict=True)), name
+    assert torch.equal(out["loss"], explicit["loss"])
+
+
+def test_box_kd_switch_drops_only_the_kd_box_term():
+    loss, students, teacher, _ = _kdml()
+    torch.manual_seed(0)
+    out = loss(students, teacher, TARGETS)
+    loss.box_kd = False
+    torch.manual_seed(0)
+    off = loss(students, teacher, TARGETS)
+    assert set(off["students"]) == {"loss", "cls", "box", "kd_cls", "ml_cls", "ml_box"}
+    for k in range(3):
+        assert torch.allclose(off["students"]["loss"][k], out["students"]["loss"][k] - out["students"]["kd_box"][k])
+
+
+def test_gt_deltas_are_the_targets_of_monais_box_loss():
+    gt = RetinaNetGTLoss(SPEC)
+    output = _head_output(seed=1)
+    match = gt.match(output, TARGETS)
+    deltas = gt.gt_deltas(match)
+    _, box = gt.flatten(output)
+    for i in range(2):
+        _, want = gt.template.get_box_train_sample_per_image(
+            box[i], match.targets[i], match.anchors[i], match.matched_idxs[i]
+        )
+        assert torch.allclose(deltas[i][match.positive[i]], want)
+        assert torch.all(deltas[i][~match.positive[i]] == 0)
+
+
+def test_teacher_bounded_box_kd_distils_only_where_the_teacher_is_closer_to_the_gt():
+    gt = RetinaNetGTLoss(SPEC)
+    students, teacher = [_head_output(seed=1), _head_output(seed=2)], _head_output(seed=0)
+    match = gt.match(teacher, TARGETS)
+    target = gt.gt_deltas(match)
+    with torch.no_grad():  # the teacher is exactly right on the first half of the positive anchors, far off elsewhere
+        t_box = gt.flatten(teacher)[1]
+        pos = match.positive.nonzero()
+        good = torch.zeros_like(match.positive)
+        good[pos[: len(pos) // 2, 0], pos[: len(pos) // 2, 1]] = True
+        wanted = torch.where(good[..., None], target, target + 5.0)
+    s_box = gt.flatten(students[0])[1]
+    mask = teacher_bounded_mask(match.positive, s_box, wanted, target, 0.1, 1.0 / 9)
+    assert bool(mask.any()) and torch.all(mask <= good) and not torch.equal(mask, match.positive)
+    assert not bool(teacher_bounded_mask(match.positive, s_box, wanted, target, 1e6, 1.0 / 9).any())
+    # inside the loss: kd_box is box_distillation on the bounded mask of the real teacher; a teacher identical to the
+    # student is never closer to the GT, so nothing is distilled (an exact zero)
+    out = DetectionKDMLLoss(gt, box_bound_margin=0.0)(students, teacher, TARGETS, use_ml=False)
+    real = teacher_bounded_mask(match.positive, s_box, t_box, target, 0.0, 1.0 / 9)
+    assert bool(real.any()) and not torch.equal(real, match.positive)
+    assert torch.allclose(out["students"]["kd_box"][0], box_distillation(s_box, t_box, real))
+    same = DetectionKDMLLoss(gt, box_bound_margin=0.0)(students[:1], students[0], TARGETS, use_ml=False)
+    assert same["students"]["kd_box"][0].item() == 0.0
+
+
+def test_bad_box_bound_margin_is_refused():
+    with pytest.raises(ValueError, match="box_bound_margin"):
+        DetectionKDMLLoss(RetinaNetGTLoss(SPEC), box_bound_margin=-0.5)
+
+
+def test_kd_cls_sampled_normalizer_divides_by_the_gt_losss_sample_count():
+    gt = RetinaNetGTLoss(SPEC, batch_size_per_image=32)
+    students, teacher = [_head_output(seed=1)], _head_output(seed=0)
+    torch.manual_seed(0)
+    default = DetectionKDMLLoss(gt)(students, teacher, TARGETS, use_ml=False)
+    torch.manual_seed(0)
+    sampled = DetectionKDMLLoss(gt, kd_cls_normalizer="sampled")(students, teacher, TARGETS, use_ml=False)
+    match = gt.match(teacher, TARGETS)
+    (s_cls, _), (t_cls, _) = gt.flatten(students[0]), gt.flatten(teacher)
+    assert match.sampled == 64.0  # 32 anchors x 2 images
+    want = sigmoid_distillation(s_cls, t_cls, 1.0, 2.0, normalizer=64.0)
+    assert torch.allclose(sampled["students"]["kd_cls"][0], want)
+    assert not torch.allclose(sampled["students"]["kd_cls"][0], default["students"]["kd_cls"][0])
+    for name in ("cls", "box", "kd_box"):
+        assert torch.equal(sampled["students"][name][0], default["students"][name][0])
+    with pytest.raises(ValueError, match="kd_cls_normalizer"):
+        DetectionKDMLLoss(gt, kd_cls_normalizer="all")
+
+
+def test_the_magnitude_measurement_reports_both_normalisers():
+    from monai_kdml.experiments.magnitudes import measure_detection_terms
+
+    rows = measure_detection_terms("tiny", image_size=64, batch=2, steps=1, report_at=(0, 1))
+    assert [r["step"] for r in rows] == [0, 1]
+    for row in rows:
+        assert {"cls", "box", "kd_cls", "kd_box", "ml_cls", "ml_box", "kd_cls_sampled", "teacher_cls"} <= set(row)
+        assert row["kd_cls/cls"] == pytest.approx(row["kd_cls"] / row["cls"])
+        assert all(math.isfinite(v) and v >= 0 for k, v in row.items() if k != "step")
