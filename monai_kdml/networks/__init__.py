@@ -3,7 +3,6 @@
 from monai_kdml.networks.cohorts import (
     StudentCohorts,
     build_cohorts,
-    cohort_copies,
     cohort_ensembles,
     distributed_students,
 )
@@ -38,7 +37,6 @@ __all__ = [
     "build_network",
     "build_students",
     "build_teacher",
-    "cohort_copies",
     "cohort_ensembles",
     "combine_student_logits",
     "distributed_students",

@@ -17,7 +17,7 @@ from torch import nn
 
 from monai_kdml.keys import Mode, parse_cohorts
 
-__all__ = ["StudentCohorts", "build_cohorts", "cohort_copies", "cohort_ensembles", "distributed_students"]
+__all__ = ["StudentCohorts", "build_cohorts", "cohort_ensembles", "distributed_students"]
 
 
 class StudentCohorts(list):
@@ -160,11 +160,6 @@ def build_cohorts(
     if modes is None:
         return StudentCohorts({None: students}, mode)
     return StudentCohorts({m: students if c == 0 else copy.deepcopy(students) for c, m in enumerate(modes)}, mode)
-
-
-def cohort_copies(students: Sequence[nn.Module], cohorts: Sequence[str | Mode] | None) -> StudentCohorts:
-    """``students`` grouped for a run of ``cohorts`` (copies per cohort), without a ``mode`` of its own."""
-    return build_cohorts(lambda: students, mode=None, cohorts=cohorts)
 
 
 def cohort_ensembles(students: StudentCohorts, ensemble: Callable[[list[nn.Module]], nn.Module]) -> list[nn.Module]:
