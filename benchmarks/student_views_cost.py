@@ -20,7 +20,7 @@ import torch
 from monai_kdml.data import BatchAugment
 from monai_kdml.engines import KDMLTrainer
 from monai_kdml.losses import KDMLLoss
-from monai_kdml.networks import build_network, cohort_copies
+from monai_kdml.networks import build_cohorts, build_network
 
 MODES = ["independent", "kd", "ml", "kdml"]
 
@@ -29,7 +29,7 @@ def trainer(views: bool, num_cohorts: int, batches: list[dict]) -> KDMLTrainer:
     torch.manual_seed(0)
     teacher = build_network("resnet18", spatial_dims=2, in_channels=3, num_classes=2)
     cohorts = MODES[-num_cohorts:]
-    students = cohort_copies([build_network("resnet10_slim", 2, 3, 2) for _ in range(2)], cohorts)
+    students = build_cohorts(lambda: [build_network("resnet10_slim", 2, 3, 2) for _ in range(2)], "kdml", cohorts)
     return KDMLTrainer(
         device="cpu",
         max_epochs=1,
@@ -39,7 +39,6 @@ def trainer(views: bool, num_cohorts: int, batches: list[dict]) -> KDMLTrainer:
         student_optimizers=[torch.optim.AdamW(s.parameters(), 2e-3) for s in students],
         teacher_optimizer=torch.optim.AdamW(teacher.parameters(), 2e-3),
         loss_function=KDMLLoss(temperature=2.0),
-        cohorts=cohorts,
         student_transform=BatchAugment() if views else None,
         decollate=False,
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -28,15 +27,14 @@ from monai.bundle import ConfigParser
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 from monai_kdml.commands import bundle_command
-from monai_kdml.engines.fast import AMP_DTYPES
-from monai_kdml.keys import Mode, TeacherMode, parse_cohorts
 
 __all__ = [
     "RECORD_NAME",
     "bundle_command",
     "check_against_record",
     "check_cli_overrides",
-    "check_options",
+    "check_dataset_dir",
+    "check_loader_workers",
     "flag",
     "pick_metric",
     "prepare_run_folder",
@@ -148,16 +146,12 @@ def _summarise_errors_at_exit() -> None:
 
 
 # ---------------------------------------------------------------- options shared by both bundles
-_NON_NEGATIVE = ("weight_decay", "warmup_epochs", "ce_weight", "gt_weight", "kd_weight", "ml_weight", "num_workers")
-_POSITIVE = ("learning_rate", "temperature")
-_AT_LEAST_ONE = ("max_epochs", "batch_size", "val_interval", "num_students")
-# switches the bundles pass through `flag`: python-fire hands `--amp false` over as the (truthy) string "false"
-_BOOLEANS = ("amp", "channels_last", "compile", "pin_memory", "persistent_workers", "non_blocking")
-
-
 def flag(value: Any, key: str) -> bool:
     """A bundle switch as a bool: ``True``/``False``, or the strings ``"true"``/``"false"`` (any case) that
     python-fire passes on for ``--key true`` (as a string, ``"false"`` would count as set).
+
+    The bundles convert each switch once, as a component of their ``switch`` section
+    (``{"_target_": "monai_kdml.bundle.flag", "value": "@amp", "key": "amp"}``), and read ``@switch#amp``.
 
     Raises:
         ValueError: anything else, naming ``key``.
@@ -169,81 +163,30 @@ def flag(value: Any, key: str) -> bool:
     raise ValueError(f"`{key}` must be true or false, got {value!r}.")
 
 
-def check_options(**options: Any) -> None:
-    """Validate the training options both bundles share, naming the config key of the first bad value.
-
-    Known keys (each optional): ``mode``, ``cohorts``, ``teacher_mode``, ``num_students``, ``max_epochs``,
-    ``batch_size``, ``val_interval``, ``learning_rate``, ``temperature``, ``weight_decay``, ``warmup_epochs``,
-    ``ce_weight``, ``gt_weight``, ``kd_weight``, ``ml_weight``, ``teacher_ensemble_weight``, ``num_workers``,
-    ``dataset_dir``, ``teacher_weights``, ``student_weights``, and the fast paths: ``amp``, ``amp_dtype``
-    (``"auto"``, ``"bfloat16"`` or ``"float16"``), ``channels_last``, ``compile``, ``pin_memory``,
-    ``persistent_workers`` (needs ``num_workers`` > 0), ``non_blocking`` (booleans). Other keys are an error (a typo
-    in a bundle).
+def check_dataset_dir(dataset_dir: str | os.PathLike | None) -> None:
+    """Refuse an empty ``dataset_dir`` (usually an unset shell variable); ``None`` selects the demo data.
 
     Raises:
-        ValueError: e.g. "`kd_weight` must be a finite number >= 0, got -5".
+        ValueError: naming the value and what to do.
     """
-    for key, value in options.items():
-        if key in _NON_NEGATIVE + _POSITIVE + ("teacher_ensemble_weight",):
-            _check_number(key, value, positive=key in _POSITIVE)
-        elif key in _AT_LEAST_ONE:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{key}` must be an integer >= 1, got {value!r}.")
-        elif key == "mode":
-            Mode.parse(value, "mode")
-        elif key == "cohorts":
-            parse_cohorts(value, "cohorts")
-        elif key == "teacher_mode":
-            TeacherMode.parse(value, "teacher_mode")
-        elif key in _BOOLEANS:
-            flag(value, key)
-        elif key == "amp_dtype":
-            if not isinstance(value, str) or value.lower() not in AMP_DTYPES:
-                raise ValueError(f"`amp_dtype` must be one of {list(AMP_DTYPES)}, got {value!r}.")
-        elif key == "dataset_dir":
-            if value is not None and (not isinstance(value, (str, os.PathLike)) or not str(value).strip()):
-                raise ValueError(
-                    f"`dataset_dir` is {value!r}: give a data set folder, or leave it out (null) to train on the "
-                    "synthetic demo data (an empty value is refused: it is usually an unset variable)."
-                )
-        elif key in ("teacher_weights", "student_weights"):
-            files = [] if value is None else [value] if isinstance(value, (str, os.PathLike)) else list(value)
-            for file in files:
-                if file is not None and not Path(str(file)).is_file():
-                    raise ValueError(f"`{key}`: no file at {file}.")
-        else:
-            raise ValueError(f"check_options: unknown option `{key}`.")
-    mode = Mode.parse(options.get("mode", Mode.KDML), "mode")
-    cohorts = parse_cohorts(options.get("cohorts"))
-    for m in cohorts or [mode]:
-        if m.uses_ml and options.get("num_students", 2) < 2:
-            raise ValueError(f"`mode`='{m}' uses mutual learning between peers: `num_students` must be >= 2.")
-    if cohorts is not None and mode not in cohorts:
+    if dataset_dir is not None and (not isinstance(dataset_dir, (str, os.PathLike)) or not str(dataset_dir).strip()):
         raise ValueError(
-            f"`mode`='{mode}' must be one of `cohorts` {[str(m) for m in cohorts]}: in a cohort run it names the "
-            "cohort deployed as models/model.pt and the one the teacher follows (with teacher_ensemble_weight > 0)."
+            f"`dataset_dir` is {dataset_dir!r}: give a data set folder, or leave it out (null) to train on the "
+            "synthetic demo data (an empty value is refused: it is usually an unset variable)."
         )
-    if flag(options.get("persistent_workers", False), "persistent_workers") and not options.get("num_workers", 0):
+
+
+def check_loader_workers(num_workers: int, persistent_workers: bool) -> None:
+    """Refuse ``persistent_workers`` without workers, naming both keys (PyTorch's own message names neither).
+
+    Raises:
+        ValueError: ``persistent_workers`` with ``num_workers`` 0.
+    """
+    if persistent_workers and not num_workers:
         raise ValueError(
             "`persistent_workers` keeps DataLoader worker processes between epochs and needs `num_workers` > 0 "
-            f"(got {options.get('num_workers', 0)!r}); set `--persistent_workers false` or give workers."
+            f"(got {num_workers!r}); set `--persistent_workers false` or give workers."
         )
-    frozen = TeacherMode.parse(options.get("teacher_mode", "online")) == TeacherMode.FROZEN
-    teacher_weights = options.get("teacher_weights", "given")
-    if frozen and teacher_weights is None:
-        raise ValueError("`teacher_mode`='frozen' needs pre-trained weights: set `teacher_weights`.")
-    if not frozen and isinstance(teacher_weights, (list, tuple)):
-        raise ValueError(
-            f"`teacher_weights` lists {len(teacher_weights)} files: an ensemble of teachers is frozen; "
-            "set `teacher_mode` to 'frozen'."
-        )
-
-
-def _check_number(key: str, value: Any, positive: bool) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"`{key}` must be a finite number {bound}, got {value!r}.")
 
 
 def pick_metric(metrics: Mapping[str, Any], name: str, key: str = "key_metric") -> dict[str, Any]:

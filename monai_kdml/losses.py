@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from monai_kdml.options import check_number
+
 __all__ = [
     "KD_GATES",
     "DistillationLoss",
@@ -257,9 +259,9 @@ class KDMLLoss(nn.Module):
         if kd_gate not in KD_GATES:
             raise ValueError(f"`kd_gate` must be one of {KD_GATES}, got {kd_gate!r}.")
         self.kd_gate = kd_gate
-        for name, value in (("ce_weight", ce_weight), ("kd_weight", kd_weight), ("ml_weight", ml_weight)):
-            if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}.")
+        weights = {"ce_weight": ce_weight, "kd_weight": kd_weight, "ml_weight": ml_weight}
+        for name, value in {**weights, "teacher_ensemble_weight": teacher_ensemble_weight}.items():
+            check_number(name, value)
         self.ce_weight = ce_weight
         self.kd_weight = kd_weight
         self.ml_weight = ml_weight

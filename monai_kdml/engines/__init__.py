@@ -2,6 +2,15 @@
 
 from monai_kdml.engines.cohorts import Cohort
 from monai_kdml.engines.evaluator import KDMLEvaluator
+from monai_kdml.engines.optimizers import network_optimizers, optimizer_schedulers, trainable_optimizers
 from monai_kdml.engines.trainer import KDMLTrainer, load_teacher_weights
 
-__all__ = ["Cohort", "KDMLEvaluator", "KDMLTrainer", "load_teacher_weights"]
+__all__ = [
+    "Cohort",
+    "KDMLEvaluator",
+    "KDMLTrainer",
+    "load_teacher_weights",
+    "network_optimizers",
+    "optimizer_schedulers",
+    "trainable_optimizers",
+]

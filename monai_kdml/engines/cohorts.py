@@ -12,6 +12,7 @@ from monai.utils import CommonKeys
 
 from monai_kdml.keys import TEACHER, Mode, cohort_key, loss_key, pred_key, student_name, term_key
 from monai_kdml.losses import LossTerms
+from monai_kdml.networks.cohorts import StudentCohorts
 
 __all__ = ["Cohort", "detach", "loss_entries", "make_cohorts", "pred_entries"]
 
@@ -33,28 +34,13 @@ class Cohort:
         return [cohort_key(self.name, student_name(k)) for k in range(self.stop - self.start)]
 
 
-def make_cohorts(modes: list[Mode] | None, mode: Mode, num_students: int) -> list[Cohort]:
-    """The student groups: one unnamed group in ``mode``, or one group of ``K`` students per mode of a cohort run."""
-    if num_students < 1:
-        raise ValueError("`students` must hold at least one network (K >= 1).")
-    if modes is None:
-        if mode.uses_ml and num_students < 2:
-            raise ValueError(f"`mode`='{mode}' uses mutual learning, which needs at least 2 `students`; got 1.")
-        return [Cohort(None, mode, 0, num_students)]
-    if mode not in modes:
-        raise ValueError(
-            f"`mode`='{mode}' must be one of `cohorts` {[str(m) for m in modes]}: the teacher's own loss terms come "
-            "from that cohort's loss call."
-        )
-    size, rest = divmod(num_students, len(modes))
-    if rest or size < 1:
-        raise ValueError(
-            f"`students`: {num_students} networks do not split into {len(modes)} cohorts of equal size K; give "
-            "len(cohorts) * K students, cohort by cohort."
-        )
-    if size < 2 and any(m.uses_ml for m in modes):
-        raise ValueError("`cohorts` with mutual learning need K >= 2 students per cohort; got 1.")
-    return [Cohort(str(m), m, c * size, (c + 1) * size) for c, m in enumerate(modes)]
+def make_cohorts(students: StudentCohorts) -> list[Cohort]:
+    """The index ranges of a :class:`~monai_kdml.networks.StudentCohorts`' groups within its flat list."""
+    size = students.size
+    return [
+        Cohort(name, Mode(name) if name else students.mode or Mode.KDML, c * size, (c + 1) * size)
+        for c, name in enumerate(students.names)
+    ]
 
 
 def detach(x: Any) -> Any:

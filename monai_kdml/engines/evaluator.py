@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from monai_kdml.engines.fast import channels_last_input, resolve_amp, to_channels_last
-from monai_kdml.keys import ENSEMBLE, TEACHER, cohort_key, parse_cohorts, pred_key, student_name, teacher_member_name
+from monai_kdml.keys import ENSEMBLE, TEACHER, cohort_key, pred_key, student_name, teacher_member_name
+from monai_kdml.networks.cohorts import StudentCohorts
 from monai_kdml.networks.ensemble import StudentEnsemble, unwrap_module
 from monai_kdml.networks.teachers import TeacherEnsemble
 
@@ -46,21 +47,22 @@ class KDMLEvaluator(Evaluator):
     Arguments not listed follow :class:`monai.engines.Evaluator`; score members with
     ``classification_metrics(network_names(K, teacher_members=M))``.
 
-    With ``cohorts`` (a cohort run of :class:`~monai_kdml.engines.KDMLTrainer`), ``students`` lists the ``K``
-    students of each cohort in turn; each network still runs once, and every cohort's predictions land under its
+    In a cohort run of :class:`~monai_kdml.engines.KDMLTrainer`, ``students`` is the run's
+    :class:`~monai_kdml.networks.StudentCohorts` (or a flat list of the ``K`` students of each cohort in turn, with
+    ``cohorts``); each network still runs once, and every cohort's predictions land under its
     prefix: ``kd/pred_student_<k>`` and ``kd/pred`` (its ensemble); score them with
     ``classification_metrics(network_names(K, cohorts=cohorts))``.
 
     Args:
         teacher: the teacher network or a ``TeacherEnsemble``.
-        students: the ``K`` students.
+        students: the ``K`` students, or a :class:`~monai_kdml.networks.StudentCohorts`.
         ensemble: the deployable ensemble; default ``StudentEnsemble(students)``. It is what ``model.pt`` saves.
             With ``cohorts``: one per cohort, in order (default: a ``StudentEnsemble`` of each cohort's students).
         combine: maps the students' predictions (a list, in order) to the ensemble's prediction. Default: the
             ensemble's own rule when it is a :class:`~monai_kdml.networks.StudentEnsemble` (its ``fuse`` method),
             else ``None``, which runs ``ensemble`` through the inferer.
         batch_keys: batch entries copied into ``engine.state.output``.
-        cohorts: the modes of a cohort run, or ``None`` (one group of students).
+        cohorts: the modes of a cohort run given as a flat list, or ``None`` (one group, or a ``StudentCohorts``).
         amp: autocast on CUDA (ignored elsewhere), in ``amp_dtype``: ``"auto"`` (default), ``"bfloat16"`` or
             ``"float16"``, as in :class:`~monai_kdml.engines.KDMLTrainer`.
         channels_last: convert the networks to ``channels_last`` (a no-op when the trainer already did) and each
@@ -78,7 +80,7 @@ class KDMLEvaluator(Evaluator):
         device: torch.device | str,
         val_data_loader: Iterable | DataLoader,
         teacher: nn.Module,
-        students: Sequence[nn.Module],
+        students: Sequence[nn.Module] | StudentCohorts,
         ensemble: nn.Module | Sequence[nn.Module] | None = None,
         combine: Callable[[list[Any]], Any] | None = None,
         batch_keys: Sequence[str] = (),
@@ -105,14 +107,12 @@ class KDMLEvaluator(Evaluator):
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
     ) -> None:
-        if len(students) < 1:
-            raise ValueError("`students` must hold at least one network.")
-        modes = parse_cohorts(cohorts)
-        names: list[str | None] = [None] if modes is None else [str(m) for m in modes]
-        size, rest = divmod(len(students), len(names))
-        if rest:
-            raise ValueError(f"`students`: {len(students)} networks do not split into {len(names)} equal cohorts.")
-        groups = [list(students[c * size : (c + 1) * size]) for c in range(len(names))]
+        if isinstance(students, StudentCohorts) and cohorts is not None:
+            raise ValueError("`students` is a StudentCohorts: it names its cohorts; leave `cohorts` out.")
+        students = StudentCohorts.split(students, cohorts, mode=None)
+        names = students.names
+        size = students.size
+        groups = list(students.groups.values())
         if ensemble is None:
             ensembles: list[nn.Module] = [StudentEnsemble(g) for g in groups]
         elif isinstance(ensemble, nn.Module):
@@ -149,12 +149,12 @@ class KDMLEvaluator(Evaluator):
         if compile:  # wrappers over the same modules: what the handlers save stays the plain networks
             kwargs = compile_kwargs or {}
             teacher = torch.compile(teacher, **kwargs)  # type: ignore[assignment]
-            students = [torch.compile(s, **kwargs) for s in students]  # type: ignore[misc]
+            students = students.map(lambda s: torch.compile(s, **kwargs))  # type: ignore[arg-type,return-value]
         self.teacher = teacher
-        self.students = list(students)
+        self.students = students
         self.channels_last = channels_last
         self.compile = compile
-        self.cohorts = names if modes is not None else None
+        self.cohorts = names if students.cohorts is not None else None
         self.ensembles = ensembles
         self.ensemble = ensembles[0]  # the single-mode run's deployable ensemble
         # per cohort: its ensemble and the rule fusing its students' predictions (None: run the ensemble itself)
@@ -207,7 +207,7 @@ class KDMLEvaluator(Evaluator):
                         preds.append(engine.inferer(inputs, network, *args, **kwargs))
                 output[pred_key(name)] = preds[-1]
             # 3. each cohort's ensemble, fused from its students' predictions when a rule is known
-            size = len(engine.students) // len(engine.ensembles)
+            size = engine.students.size
             for c, (cohort, ensemble) in enumerate(zip(engine._cohort_names, engine.ensembles, strict=True)):
                 key, combine = pred_key(cohort_key(cohort, ENSEMBLE)), engine.combines[c]
                 if combine is not None:

@@ -26,7 +26,10 @@ def _parse_amp_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
     """``None`` for ``"auto"``/``None``, else bfloat16 or float16; anything else names ``amp_dtype``."""
     if value is None or (isinstance(value, str) and value.lower() == "auto"):
         return None
-    dtype = parse_dtype(value, "amp_dtype")
+    try:
+        dtype = parse_dtype(value, "amp_dtype")
+    except ValueError:
+        dtype = None
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"`amp_dtype` must be one of {list(AMP_DTYPES)}, got {value!r}.")
     return dtype

@@ -22,12 +22,15 @@ from torch.utils.data import DataLoader
 from monai_kdml.engines.checks import check_networks, check_output_shapes, check_teacher_dtype
 from monai_kdml.engines.cohorts import detach, loss_entries, make_cohorts, pred_entries
 from monai_kdml.engines.fast import channels_last_input, needs_grad_scaler, resolve_amp, to_channels_last
-from monai_kdml.keys import TEACHER, Mode, TeacherMode, cohort_key, parse_cohorts
+from monai_kdml.engines.optimizers import trainable_optimizers
+from monai_kdml.keys import TEACHER, Mode, TeacherMode, cohort_key
 from monai_kdml.losses import DistillationLoss
+from monai_kdml.networks.cohorts import StudentCohorts
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
 from monai_kdml.networks.precision import run_in_dtype
 from monai_kdml.networks.teachers import TeacherEnsemble
 from monai_kdml.networks.weights import load_pretrained
+from monai_kdml.options import check_count
 
 if TYPE_CHECKING:
     from ignite.engine import Engine, EventEnum
@@ -58,8 +61,10 @@ class KDMLTrainer(Trainer):
     :class:`monai.engines.SupervisedTrainer` in name and meaning.
 
     **Cohorts** (``cohorts=["independent", "kd", "ml", "kdml"]``): one run trains one teacher and one cohort of ``K``
-    students per mode, on the same batches. ``students`` then lists ``len(cohorts) * K`` networks, cohort by cohort
-    (``students[c*K:(c+1)*K]`` is cohort ``c``), with their optimizers in the same order. The loss is called once per
+    students per mode, on the same batches. ``students`` is then a :class:`~monai_kdml.networks.StudentCohorts`
+    (``{mode: [K students]}``, built once by :func:`~monai_kdml.networks.build_cohorts`, which also holds ``mode``),
+    or a flat list of ``len(cohorts) * K`` networks, cohort by cohort, with ``cohorts`` and ``mode`` given here; the
+    optimizers follow the flat order. The loss is called once per
     cohort with that cohort's ``use_kd``/``use_ml``, so mutual learning stays within a cohort, and every key of a
     cohort carries its prefix (:func:`monai_kdml.keys.cohort_key`): ``kd/pred`` (its ensemble; there is no plain
     ``pred``), ``kd/pred_student_0``, ``kd/loss`` (its students' total), ``kd/loss_student_0``, ``kd/kd_student_0``.
@@ -74,13 +79,15 @@ class KDMLTrainer(Trainer):
     Args:
         teacher: the teacher network, or a :class:`~monai_kdml.networks.TeacherEnsemble` of frozen networks (whose
             mean probability is the KD target; ``teacher_mode="frozen"`` only, weights given to the ensemble).
-        students: ``K >= 1`` student networks (distinct modules; outputs of the teacher's shape).
+        students: ``K >= 1`` student networks (distinct modules; outputs of the teacher's shape), or a
+            :class:`~monai_kdml.networks.StudentCohorts` (then without ``mode`` and ``cohorts`` here).
         student_optimizers: one optimizer per student, in the same order, each over its own student only.
         loss_function: :class:`monai_kdml.losses.KDMLLoss` or any module with its call contract
             ``(student_preds, teacher_pred, target, *, use_kd, use_ml) -> {"loss", "students", "teacher"}``
             (e.g. the detection loss in :mod:`monai_kdml.apps.polyp`).
         teacher_optimizer: the teacher's optimizer; required when ``teacher_mode="online"``, absent when frozen.
-        mode: ``"independent"``, ``"kd"``, ``"ml"`` or ``"kdml"`` (see :class:`monai_kdml.keys.Mode`).
+        mode: ``"independent"``, ``"kd"``, ``"ml"`` or ``"kdml"`` (see :class:`monai_kdml.keys.Mode`); default
+            ``"kdml"``, or the mode of a ``StudentCohorts``.
         teacher_mode: ``"online"`` (trained in the same iterations) or ``"frozen"`` (pre-trained, eval mode, never
             updated; its weights come from ``teacher_checkpoint`` or were loaded by the caller).
         teacher_checkpoint: weights loaded into the teacher at construction (see :func:`load_teacher_weights`).
@@ -88,7 +95,8 @@ class KDMLTrainer(Trainer):
             are cast once, its forward takes the batch in that dtype and hands float32 logits to the loss (see
             :func:`monai_kdml.networks.run_in_dtype`). ``None`` (default): float32.
         combine: fuses the students' predictions into ``pred``; default: mean class probability
-            (:func:`monai_kdml.networks.combine_student_logits`).
+            (:func:`monai_kdml.networks.combine_student_logits`). Give the evaluator's rule (the bundles pass the
+            same ``fuse`` to both), so training-time and validation-time ``pred`` agree.
         cohorts: the modes of a cohort run (see above); ``None`` (default): one group of students trained in ``mode``.
         student_transform: a random batch transform (e.g. :class:`monai_kdml.data.BatchAugment`) drawn afresh for each
             student position ``k`` of every iteration: student ``k`` (of every cohort) sees its own view of the
@@ -120,11 +128,11 @@ class KDMLTrainer(Trainer):
         max_epochs: int,
         train_data_loader: Iterable | DataLoader,
         teacher: nn.Module,
-        students: Sequence[nn.Module],
+        students: Sequence[nn.Module] | StudentCohorts,
         student_optimizers: Sequence[Optimizer],
         loss_function: DistillationLoss,
         teacher_optimizer: Optimizer | None = None,
-        mode: Mode | str = Mode.KDML,
+        mode: Mode | str | None = None,
         teacher_mode: TeacherMode | str = TeacherMode.ONLINE,
         teacher_checkpoint: str | Path | None = None,
         teacher_dtype: torch.dtype | str | None = None,
@@ -153,9 +161,17 @@ class KDMLTrainer(Trainer):
         compile: bool = False,
         compile_kwargs: dict | None = None,
     ) -> None:
-        self.mode = Mode.parse(mode, "mode")
+        # a StudentCohorts was built (and checked) once, with its mode and cohorts
+        given = cohorts is not None or (
+            mode is not None and Mode.parse(mode, "mode") != getattr(students, "mode", mode)
+        )
+        if isinstance(students, StudentCohorts) and given:
+            raise ValueError("`students` is a StudentCohorts: give `mode` and `cohorts` to it, not the trainer.")
+        students = StudentCohorts.split(students, cohorts, Mode.KDML if mode is None else mode)
+        self.mode = students.mode or Mode.KDML
         self.teacher_mode = TeacherMode.parse(teacher_mode, "teacher_mode")
-        self.cohorts = make_cohorts(parse_cohorts(cohorts), self.mode, len(students))
+        check_count("max_epochs", max_epochs)
+        self.cohorts = make_cohorts(students)
         check_networks(teacher, students, student_optimizers, teacher_optimizer, self.cohorts, self.teacher_mode)
         self.teacher_dtype = check_teacher_dtype(teacher_dtype, self.teacher_mode, device)
         is_ensemble = isinstance(unwrap_module(teacher), TeacherEnsemble)
@@ -203,9 +219,9 @@ class KDMLTrainer(Trainer):
         if compile:
             kwargs = compile_kwargs or {}
             teacher = torch.compile(teacher, **kwargs)  # type: ignore[assignment]
-            students = [torch.compile(s, **kwargs) for s in students]  # type: ignore[misc]
+            students = students.map(lambda s: torch.compile(s, **kwargs))  # type: ignore[arg-type,return-value]
         self.teacher = teacher
-        self.students = list(students)
+        self.students = students
         self.teacher_optimizer = teacher_optimizer if self.teacher_mode == TeacherMode.ONLINE else None
         self.student_optimizers = list(student_optimizers)
         self.loss_function = loss_function
@@ -229,7 +245,7 @@ class KDMLTrainer(Trainer):
     @property
     def trainable_optimizers(self) -> list[Optimizer]:
         """The optimizers stepped each iteration: the online teacher's (if any), then each student's."""
-        return ([self.teacher_optimizer] if self.teacher_optimizer is not None else []) + self.student_optimizers
+        return trainable_optimizers(self.teacher_optimizer, self.student_optimizers)
 
     def run(self) -> None:  # type: ignore[override]
         # skip Trainer.run, which would replace the (resumable) grad scaler with a fresh one on every call

@@ -17,8 +17,8 @@ from monai_kdml.bundle import write_record
 from monai_kdml.handlers.checkpoint import atomic_save, state_tree
 from monai_kdml.handlers.resume import load_checkpoint
 from monai_kdml.handlers.selection import select_best
-from monai_kdml.keys import TEACHER, cohort_key, parse_cohorts
-from monai_kdml.networks.cohorts import cohort_members
+from monai_kdml.keys import TEACHER, cohort_key
+from monai_kdml.networks.cohorts import StudentCohorts
 
 if TYPE_CHECKING:
     from monai.engines import Workflow
@@ -54,35 +54,32 @@ class CohortModelSaver:
     "students"}``: the teacher and the cohort's students, as a single-mode run writes it) and ``network.json``
     (``record`` with ``mode`` set to ``c``), so evaluation and inference read the folder as a single-mode run's
     ``models/`` (``--ckpt_dir models/cohorts/<mode>``). Each cohort is thus selected exactly as a single-mode run
-    of its mode would be. Does nothing when ``cohorts`` is ``None``. Only rank 0 writes.
+    of its mode would be. Does nothing in a single-mode run. Only rank 0 writes.
 
     Args:
         save_dir: the run's ``models/`` folder.
-        cohorts: the cohorts' modes, or ``None`` (a single-mode run).
         teacher: the (shared) teacher.
-        students: every student, cohort by cohort.
+        students: the run's :class:`~monai_kdml.networks.StudentCohorts`.
         ensembles: one deployable ensemble per cohort, in order.
         metric: the single-mode name of the selection metric, e.g. ``"ensemble_auc"`` (see :func:`cohort_metric`).
         record: the trained-network record to write beside each cohort's ``model.pt``.
 
     Raises:
-        ValueError: not one ensemble per cohort, or students that do not split into the cohorts.
+        ValueError: not one ensemble per cohort.
     """
 
     def __init__(
         self,
         save_dir: str | Path,
-        cohorts: Sequence[str] | None,
         teacher: nn.Module,
-        students: Sequence[nn.Module],
-        ensembles: Sequence[nn.Module] | None,
+        students: StudentCohorts,
+        ensembles: Sequence[nn.Module],
         metric: str = "ensemble_auc",
         record: Mapping[str, Any] | None = None,
     ) -> None:
-        modes = parse_cohorts(cohorts)
-        self.cohorts = [] if modes is None else [str(m) for m in modes]
-        self.members = cohort_members(students, self.cohorts or None)
-        self.ensembles = list(ensembles or [])
+        self.members = students.members()
+        self.cohorts = list(self.members)
+        self.ensembles = list(ensembles) if self.cohorts else []
         if len(self.ensembles) != len(self.cohorts):
             raise ValueError(f"`ensembles`: {len(self.ensembles)} networks for {len(self.cohorts)} cohorts.")
         self.save_dir, self.teacher = Path(save_dir), teacher
@@ -113,12 +110,11 @@ class CohortCheckpointLoader:
 
     Attach it after the loader of the run's ``best_networks.pt`` (which holds the teacher and every student at the
     best epoch of the run's key metric): each cohort then gets its students of its own best epoch, so one evaluation
-    pass scores every cohort as its :class:`CohortModelSaver` selected it. Does nothing when ``cohorts`` is ``None``.
+    pass scores every cohort as its :class:`CohortModelSaver` selected it. Does nothing in a single-mode run.
 
     Args:
         ckpt_dir: the run's ``models/`` folder.
-        cohorts: the cohorts' modes, or ``None``.
-        students: every student, cohort by cohort.
+        students: the run's :class:`~monai_kdml.networks.StudentCohorts`.
         map_location: as for ``torch.load``.
 
     Raises:
@@ -128,12 +124,11 @@ class CohortCheckpointLoader:
     def __init__(
         self,
         ckpt_dir: str | Path,
-        cohorts: Sequence[str] | None,
-        students: Sequence[nn.Module],
+        students: StudentCohorts,
         map_location: Any = None,
     ) -> None:
         self.ckpt_dir, self.map_location = Path(ckpt_dir), map_location
-        self.members = cohort_members(students, cohorts)
+        self.members = students.members()
 
     def attach(self, engine: Workflow) -> None:
         if self.members:

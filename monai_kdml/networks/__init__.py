@@ -1,6 +1,11 @@
 """Networks: the deployable student ensemble, teachers (pretrained, lower precision, ensembles) and the presets."""
 
-from monai_kdml.networks.cohorts import cohort_copies, cohort_members
+from monai_kdml.networks.cohorts import (
+    StudentCohorts,
+    build_cohorts,
+    cohort_ensembles,
+    distributed_students,
+)
 from monai_kdml.networks.ensemble import StudentEnsemble, combine_student_logits, unwrap_module
 from monai_kdml.networks.factories import build_students, build_teacher, teacher_members
 from monai_kdml.networks.precision import parse_dtype, run_in_dtype
@@ -22,17 +27,19 @@ __all__ = [
     "PRESETS",
     "TIMM_PREFIX",
     "Registry",
+    "StudentCohorts",
     "StudentEnsemble",
     "TeacherEnsemble",
     "TeacherStudentPreset",
     "WeightsSource",
     "apply_key_map",
+    "build_cohorts",
     "build_network",
     "build_students",
     "build_teacher",
-    "cohort_copies",
-    "cohort_members",
+    "cohort_ensembles",
     "combine_student_logits",
+    "distributed_students",
     "get_preset",
     "load_pretrained",
     "parse_dtype",

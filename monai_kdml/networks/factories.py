@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import torch
 from torch import nn
 
-from monai_kdml.keys import TEACHER, student_name
+from monai_kdml.keys import TEACHER, TeacherMode, student_name
 from monai_kdml.networks.teachers import TeacherEnsemble
 from monai_kdml.networks.weights import WeightsSource, load_pretrained
 
@@ -31,6 +32,9 @@ def build_teacher(
     weights: WeightFiles = None,
     source: WeightsSource | str = WeightsSource.STATE_DICT,
     key_map: Mapping[str, str] | None = None,
+    teacher_mode: TeacherMode | str = TeacherMode.ONLINE,
+    device: str | torch.device | None = None,
+    memory_format: torch.memory_format = torch.preserve_format,
 ) -> nn.Module:
     """The teacher: ``factory()`` initialised from ``weights``, or a frozen ensemble of one ``factory()`` per file.
 
@@ -40,16 +44,30 @@ def build_teacher(
             ensemble teacher; ``None`` entries leave a member random, e.g. before a checkpoint is loaded into it).
         source: how the files name their parameters (``"state_dict"``, ``"torchvision"``, ``"timm"``).
         key_map: prefix renames applied to every file.
+        teacher_mode: ``"online"`` or ``"frozen"``: a frozen teacher needs ``weights``, an ensemble is frozen.
+        device, memory_format: where the teacher is moved (``None``: left where it is).
 
     Raises:
-        ValueError: a file that does not fit (naming ``teacher_weights``), or an empty list.
+        ValueError: a file that does not fit (naming ``teacher_weights``), an empty list, a frozen teacher without
+            weights or an online ensemble.
     """
-    if weights is None or isinstance(weights, (str, Path)):
-        return load_pretrained(factory(), weights, source, key_map, config_key="teacher_weights", name=TEACHER)
-    files = list(weights)
-    if not files:
-        raise ValueError("`teacher_weights` is an empty list: give one file per ensemble member, or null.")
-    return TeacherEnsemble([factory() for _ in files], weights=files, source=source, key_map=key_map)
+    frozen = TeacherMode.parse(teacher_mode, "teacher_mode") == TeacherMode.FROZEN
+    single = weights is None or isinstance(weights, (str, Path))
+    if frozen and weights is None:
+        raise ValueError("`teacher_mode`='frozen' needs pre-trained weights: set `teacher_weights`.")
+    if not frozen and not single:
+        raise ValueError(
+            f"`teacher_weights` lists {len(weights)} files: an ensemble of teachers is frozen; "  # type: ignore[arg-type]
+            "set `teacher_mode` to 'frozen'."
+        )
+    if single:
+        teacher = load_pretrained(factory(), weights, source, key_map, config_key="teacher_weights", name=TEACHER)  # type: ignore[arg-type]
+    else:
+        files = list(weights)  # type: ignore[arg-type]
+        if not files:
+            raise ValueError("`teacher_weights` is an empty list: give one file per ensemble member, or null.")
+        teacher = TeacherEnsemble([factory() for _ in files], weights=files, source=source, key_map=key_map)
+    return teacher if device is None else teacher.to(device).to(memory_format=memory_format)
 
 
 def build_students(

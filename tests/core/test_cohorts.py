@@ -14,6 +14,7 @@ from monai_kdml.handlers import loss_terms
 from monai_kdml.keys import network_names
 from monai_kdml.losses import KDMLLoss
 from monai_kdml.metrics import classification_metrics
+from monai_kdml.networks import build_cohorts
 
 MODES = ["independent", "kd", "ml", "kdml"]
 K = 2
@@ -247,3 +248,56 @@ def test_student_transform_gives_each_student_position_its_own_view(toy) -> None
     assert torch.equal(seen["teacher"][0], batch)  # the teacher sees the batch as prepared
     assert not torch.equal(seen["s0"][0], seen["s1"][0])  # students 0 and 1 see different views ...
     assert torch.equal(seen["s0"][0], seen["s2"][0]) and torch.equal(seen["s1"][0], seen["s3"][0])  # ... per cohort
+
+
+class TestStudentCohorts:
+    """The one cohort object: built once, checked once, handed as it is to the trainer, evaluator and savers."""
+
+    def test_build_copies_the_initial_students_per_cohort(self, toy) -> None:
+        students = build_cohorts(lambda: [toy.tiny_net(4, seed=k) for k in range(K)], "kd", ["independent", "kd"])
+        assert students.names == ["independent", "kd"] and students.size == K and len(students) == 2 * K
+        assert list(students) == students.groups["independent"] + students.groups["kd"]
+        assert students.deployed == students.groups["kd"] and students.deployed_name == "kd"
+        assert students.members() == students.groups
+        for a, b in zip(students.groups["independent"], students.groups["kd"], strict=True):
+            assert a is not b and same(a, b)  # own parameters, same initial weights
+        single = build_cohorts(lambda: [toy.tiny_net(4) for _ in range(K)], "kdml")
+        assert single.names == [None] and single.deployed_name is None and single.members() == {}
+
+    def test_rules_are_checked_with_the_config_key(self, toy) -> None:
+        with pytest.raises(ValueError, match="`num_students` must be >= 2"):
+            build_cohorts(lambda: [toy.tiny_net(4)], "ml")
+        with pytest.raises(ValueError, match=r"`mode`='kdml' must be one of `cohorts`"):
+            build_cohorts(lambda: [toy.tiny_net(4) for _ in range(K)], "kdml", ["independent", "kd"])
+        with pytest.raises(ValueError, match="K >= 1"):
+            build_cohorts(lambda: [], "kd")
+
+    def test_map_and_tree_walkers_keep_a_list(self, toy) -> None:
+        students = build_cohorts(lambda: [toy.tiny_net(4) for _ in range(K)], "kd", ["independent", "kd"])
+        wrapped = students.map(lambda s: nn.Sequential(s))
+        assert wrapped.names == students.names and wrapped.mode == students.mode
+        assert all(w[0] is s for w, s in zip(wrapped, students, strict=True))
+        rebuilt = type(students)(s for s in students)  # what ignite's _tree_map does with a list
+        assert list(rebuilt) == list(students)
+
+    def test_trainer_and_evaluator_take_the_object(self, toy) -> None:
+        """The same object, without `cohorts`/`mode` on the engines, trains as the flat list with them does."""
+        teacher, initial_students = initial(toy)
+        reference = train(toy, teacher, initial_students, "kd", cohorts=["independent", "kd"], max_epochs=1)
+        teacher = copy.deepcopy(teacher)
+        students = build_cohorts(lambda: [copy.deepcopy(s) for s in initial_students], "kd", ["independent", "kd"])
+        trainer = KDMLTrainer(
+            device="cpu", max_epochs=1, train_data_loader=toy.loader(32, 8, shuffle=True), teacher=teacher,
+            students=students, student_optimizers=[adam(s) for s in students], teacher_optimizer=adam(teacher),
+            loss_function=KDMLLoss(temperature=2.0), decollate=False,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        trainer.run()
+        assert trainer.mode == "kd" and [c.name for c in trainer.cohorts] == ["independent", "kd"]
+        assert all(same(a, b) for a, b in zip(trainer.students, reference.students, strict=True))
+        with pytest.raises(ValueError, match="give `mode` and `cohorts` to it"):
+            KDMLTrainer("cpu", 1, toy.loader(8, 8), teacher, students, [adam(s) for s in students], KDMLLoss(),
+                        teacher_optimizer=adam(teacher), mode="kdml")  # fmt: skip
+        evaluator = KDMLEvaluator("cpu", toy.loader(8, 8), teacher, students, decollate=False)
+        evaluator.run()
+        assert {"independent/pred", "kd/pred", "kd/pred_student_1"} <= set(evaluator.state.output)

@@ -391,14 +391,15 @@ class TestAmpDtype:
 
 
 def test_bundle_switches_read_fire_strings_and_name_bad_values() -> None:
-    from monai_kdml.bundle import check_options, flag
+    from monai_kdml.bundle import check_loader_workers, flag
+    from monai_kdml.engines.fast import resolve_amp
 
     # python-fire passes `--amp false` on as the string "false", which would count as set
     assert flag("false", "amp") is False and flag("True", "amp") is True and flag(False, "amp") is False
     with pytest.raises(ValueError, match="`compile` must be true or false, got 'yes'"):
-        check_options(compile="yes")
+        flag("yes", "compile")
     with pytest.raises(ValueError, match=r"`amp_dtype` must be one of \['auto', 'bfloat16', 'float16'\]"):
-        check_options(amp_dtype="float8")
+        resolve_amp(True, "float8", None, torch.device("cpu"))
     with pytest.raises(ValueError, match="`persistent_workers` keeps DataLoader worker processes"):
-        check_options(persistent_workers="true", num_workers=0)
-    check_options(amp=True, amp_dtype="bfloat16", channels_last="true", persistent_workers=True, num_workers=2)
+        check_loader_workers(num_workers=0, persistent_workers=True)
+    check_loader_workers(num_workers=2, persistent_workers=True)

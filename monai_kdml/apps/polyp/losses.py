@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from monai_kdml.apps.polyp.gt_loss import RetinaNetGTLoss, graph_zero
 from monai_kdml.losses import LossTerms
+from monai_kdml.options import check_number
 
 __all__ = [
     "DetectionKDMLLoss",
@@ -200,6 +201,8 @@ class DetectionKDMLLoss(nn.Module):
         super().__init__()
         if temperature <= 0 or gamma < 0 or box_beta <= 0:
             raise ValueError(f"need temperature > 0, gamma >= 0, box_beta > 0; got {temperature}, {gamma}, {box_beta}.")
+        for name, value in (("gt_weight", gt_weight), ("kd_weight", kd_weight), ("ml_weight", ml_weight)):
+            check_number(name, value)
         if box_bound_margin is not None and not box_bound_margin >= 0:
             raise ValueError(f"`box_bound_margin` must be None or >= 0, got {box_bound_margin}.")
         if kd_cls_normalizer not in ("disagreement", "sampled"):

@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from monai_kdml.apps.msi import prepare_msi_datalists
 from monai_kdml.data.evaluation import external_report_name
-from monai_kdml.networks import StudentEnsemble, build_network, get_preset
+from monai_kdml.networks import StudentEnsemble, build_network, combine_student_logits, get_preset
 
 TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
 STUDENTS = 3  # the trained run's K, not the default: evaluation, inference and export must read it from the record
@@ -346,6 +346,31 @@ def test_fast_path_options_are_accepted_and_reach_the_engines(msi_bundle, tmp_pa
     loader = workflow.parser.get_parsed_content("train#dataloader")
     assert not loader.pin_memory and not loader.persistent_workers  # CPU defaults: no workers to keep, nothing to pin
     assert not trainer.non_blocking
+
+
+def test_optimisers_are_components_and_the_teacher_has_its_own_settings(msi_bundle, tmp_path: Path) -> None:
+    """``--student_optimizer#_target_`` swaps the students' optimiser class; ``teacher_learning_rate`` and
+    ``teacher_weight_decay`` reach the teacher's optimiser only, and default to the students' values; the trainer
+    and the evaluator fuse the students' predictions with the same ``combine`` rule."""
+    tiny = {"demo_patients": 8, "demo_tiles_per_patient": 4, "image_size": 32, "batch_size": 8}
+    workflow = msi_bundle.workflow(bundle_root=str(tmp_path / "default"), run=False, **tiny)
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    groups = [o.param_groups[0] for o in (trainer.teacher_optimizer, *trainer.student_optimizers)]
+    assert isinstance(trainer.teacher_optimizer, torch.optim.AdamW)
+    assert {(g["lr"], g["weight_decay"]) for g in groups} == {(0.002, 0.0001)}
+    workflow = msi_bundle.workflow(
+        bundle_root=str(tmp_path / "own"), run=False, teacher_learning_rate=0.01, teacher_weight_decay=0.0,
+        combine="vote", **{"student_optimizer#_target_": "torch.optim.SGD"}, **tiny,
+    )  # fmt: skip
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    evaluator = workflow.parser.get_parsed_content("validate#evaluator")
+    teacher_group = trainer.teacher_optimizer.param_groups[0]
+    assert isinstance(trainer.teacher_optimizer, torch.optim.AdamW)
+    assert (teacher_group["lr"], teacher_group["weight_decay"]) == (0.01, 0.0)
+    assert all(isinstance(o, torch.optim.SGD) and o.param_groups[0]["lr"] == 0.002 for o in trainer.student_optimizers)
+    logits = [torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [3.0, 0.0]])]
+    assert torch.equal(trainer.combine(logits), evaluator.combines[0](logits))
+    assert not torch.equal(trainer.combine(logits), combine_student_logits(logits, "mean"))
 
 
 def test_factory_defaults_equal_the_bundle_demo_settings(msi_bundle) -> None:
