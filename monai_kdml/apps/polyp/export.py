@@ -1,0 +1,152 @@
+"""The polyp detector as a tensor-only network that exports to ONNX, ``torch.export`` and TorchScript.
+
+MONAI's export tools refuse dict outputs, and a RetinaNet's head outputs mean nothing without the anchors and the
+box decoding of :class:`~monai.apps.detection.networks.retinanet_detector.RetinaNetDetector`. :class:`RetinaNetBoxes`
+puts both in the graph: it takes frames in the usual ``(B, 3, H, W)`` layout (it moves them to MONAI's ``(B, 3, W, H)``
+itself) and returns ``pred`` ``(B, 4 + C, N)``: rows 0-3 the decoded ``[x_min, y_min, x_max, y_max]`` box of each of
+the ``N`` anchors in input pixels (x along W, y along H), rows ``4 + c`` the sigmoid score of class ``c``; anchors in
+MONAI's order, level by level (finest first). What is left -- per-level top-k, clipping, NMS and mapping to the
+caller's frame -- is data-dependent and runs in numpy (:mod:`monai_kdml.apps.polyp.runtime`), with the settings this
+module writes into the ONNX file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+from monai.apps.detection.utils.anchor_utils import AnchorGenerator
+from monai.data.box_utils import CenterSizeMode, StandardMode, convert_box_mode
+from torch import Tensor, nn
+
+from monai_kdml.networks.export import EXPORT_FORMATS, ExportCheck, export_network
+
+__all__ = ["RetinaNetBoxes", "decoder_settings", "export_detector"]
+
+
+def _flatten_maps(maps: list[Tensor], num_anchors: int) -> Tensor:
+    """Per-level ``(B, A * K, w, h)`` maps -> ``(B, sum(w h A), K)``, MONAI's ``RetinaNetDetector._reshape_maps``."""
+    flat: list[Tensor] = []
+    for result_map in maps:
+        batch, channels = result_map.shape[0], result_map.shape[1]
+        view = result_map.reshape(batch, num_anchors, channels // num_anchors, result_map.shape[2], result_map.shape[3])
+        flat.append(view.permute(0, 3, 4, 1, 2).reshape(batch, -1, channels // num_anchors))
+    return torch.cat(flat, dim=1)
+
+
+class RetinaNetBoxes(nn.Module):
+    """A RetinaNet-like network plus its anchors and box decoding: ``(B, 3, S, S)`` -> ``pred (B, 4 + C, N)``.
+
+    The decoding is :meth:`monai.apps.detection.utils.box_coder.BoxCoder.decode_single` with the coder of a default
+    :class:`RetinaNetDetector` (weights and ``log(1000/16)`` clip), written without its NaN check, which branches
+    on data and so cannot be exported; a test holds the two equal.
+
+    Args:
+        network: a RetinaNet or :class:`~monai_kdml.apps.polyp.RetinaNetHeadEnsemble` (2D, ``cls_key``/``box_reg_key``
+            dict output, ``num_anchors``, ``num_classes``).
+        anchor_generator: the detector's anchor generator (``DetectorSpec.anchor_generator()``).
+        image_size: the side ``S`` of the square frames the network was trained on (anchors are fixed for it).
+
+    Attributes:
+        level_sizes: anchors per pyramid level, finest first (they sum to ``N``).
+    """
+
+    def __init__(self, network: nn.Module, anchor_generator: AnchorGenerator, image_size: int) -> None:
+        super().__init__()
+        if int(network.spatial_dims) != 2:  # type: ignore[arg-type]
+            raise ValueError("RetinaNetBoxes exports 2D detectors only.")
+        self.network = network
+        self.num_anchors: int = int(network.num_anchors)  # type: ignore[arg-type]
+        self.num_classes: int = int(network.num_classes)  # type: ignore[arg-type]
+        self.cls_key, self.box_reg_key = str(network.cls_key), str(network.box_reg_key)
+        self.image_size = int(image_size)
+        coder = RetinaNetDetector(network=network, anchor_generator=anchor_generator).box_coder
+        self.weights: list[float] = [float(w) for w in coder.weights]
+        self.clip: float = float(coder.boxes_xform_clip)
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, device=next(network.parameters()).device)
+            cls_maps = network(probe)[self.cls_key]
+            anchors = anchor_generator(probe, cls_maps)[0].float().cpu()
+        network.train(was_training)
+        self.level_sizes: list[int] = [int(m.shape[2] * m.shape[3] * self.num_anchors) for m in cls_maps]
+        centre_size = torch.as_tensor(convert_box_mode(anchors, src_mode=StandardMode, dst_mode=CenterSizeMode))
+        self.anchor_centre: Tensor
+        self.anchor_size: Tensor
+        self.register_buffer("anchor_centre", centre_size[:, :2].contiguous(), persistent=False)
+        self.register_buffer("anchor_size", centre_size[:, 2:].contiguous(), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` frames in [0, 1], (H, W) layout -> ``(B, 4 + C, N)`` boxes and scores of every anchor."""
+        out = self.network(images.transpose(2, 3))  # MONAI detectors index images as (x, y): (W, H)
+        logits = _flatten_maps(out[self.cls_key], self.num_anchors)
+        deltas = _flatten_maps(out[self.box_reg_key], self.num_anchors).float()
+        centre_delta = deltas[..., :2] / torch.tensor(self.weights[:2], device=deltas.device)
+        size_delta = deltas[..., 2:] / torch.tensor(self.weights[2:], device=deltas.device)
+        size_delta = torch.clamp(size_delta, max=self.clip)
+        centre = centre_delta * self.anchor_size + self.anchor_centre
+        half = 0.5 * (torch.exp(size_delta) * self.anchor_size)
+        boxes = torch.cat([centre - half, centre + half], dim=2)
+        return torch.cat([boxes, torch.sigmoid(logits.float())], dim=2).transpose(1, 2)
+
+
+def decoder_settings(
+    boxes: RetinaNetBoxes,
+    classes: Sequence[str],
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+    topk_candidates_per_level: int = 1000,
+) -> dict[str, Any]:
+    """What :class:`~monai_kdml.apps.polyp.runtime.FrameDecoder` needs to read ``boxes``' output (JSON-able);
+    the thresholds default to the inference bundle's."""
+    return {
+        "image_size": boxes.image_size,
+        "level_sizes": list(boxes.level_sizes),
+        "classes": [str(c) for c in classes],
+        "score_thresh": float(score_thresh),
+        "nms_thresh": float(nms_thresh),
+        "detections_per_img": int(detections_per_img),
+        "topk_candidates_per_level": int(topk_candidates_per_level),
+    }
+
+
+def export_detector(
+    network: nn.Module,
+    anchor_generator: AnchorGenerator,
+    image_size: int,
+    stem: str | Path,
+    classes: Sequence[str] = ("polyp",),
+    formats: Sequence[str] = EXPORT_FORMATS,
+    meta: Mapping[str, Any] | None = None,
+    atol: float = 1e-4,
+    **selection: Any,
+) -> dict[str, ExportCheck]:
+    """Export ``network`` (e.g. the deployed :class:`~monai_kdml.apps.polyp.RetinaNetHeadEnsemble`) as
+    :class:`RetinaNetBoxes` in ``formats``, each checked against eager (see
+    :func:`monai_kdml.networks.export.export_network`); the ONNX file carries the decoder settings
+    (``kdml_decoder`` metadata) that :class:`~monai_kdml.apps.polyp.runtime.OnnxFrameDetector` reads.
+
+    Args:
+        network, anchor_generator, image_size: see :class:`RetinaNetBoxes`.
+        stem: path without suffix (``models/detector`` writes ``models/detector.onnx`` ...).
+        classes: class names, label ``i`` is ``classes[i]``.
+        formats, meta, atol: see :func:`~monai_kdml.networks.export.export_network`.
+        selection: ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates_per_level``.
+    """
+    boxes = RetinaNetBoxes(network, anchor_generator, image_size).eval()
+    settings = decoder_settings(boxes, classes, **selection)
+    return export_network(
+        boxes,
+        stem,
+        (2, 3, boxes.image_size, boxes.image_size),
+        formats=formats,
+        meta=meta,
+        onnx_metadata={"kdml_decoder": json.dumps(settings)},
+        atol=atol,
+    )
