@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EXPORT_FORMATS", "ExportCheck", "export_network", "onnx_session"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "RUNTIMES",
+    "ExportCheck",
+    "OnnxNetwork",
+    "check_runtime",
+    "export_checkpoint",
+    "export_network",
+    "onnx_session",
+    "trained_metadata",
+]
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("ts", "onnx", "pt2")
 """File suffixes :func:`export_network` writes: TorchScript, ONNX, a ``torch.export`` program."""
+RUNTIMES = ("torch", "onnx")
+"""What runs a bundle's inference: the eager PyTorch network or its exported ONNX file in ONNX Runtime."""
 INPUT_NAME, OUTPUT_NAME = "image", "pred"  # MONAI's network_data_format keys (``_meta_#network_data_format``)
 
 
@@ -70,9 +83,11 @@ def _write_torchscript(network: nn.Module, path: Path, example: Tensor, meta: Ma
     from monai.data import save_net_with_metadata
     from monai.networks.utils import convert_to_torchscript
 
-    scripted = convert_to_torchscript(network, inputs=[example])
-    save_net_with_metadata(scripted, str(path.with_suffix("")), include_config_vals=False, meta_values=meta or {})
-    return torch.jit.load(str(path))
+    with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; the file is written for existing users
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = convert_to_torchscript(network, inputs=[example])
+        save_net_with_metadata(scripted, str(path.with_suffix("")), include_config_vals=False, meta_values=meta or {})
+        return torch.jit.load(str(path))
 
 
 def _write_onnx(
@@ -81,15 +96,24 @@ def _write_onnx(
     import onnx
     from monai.networks.utils import convert_to_onnx
 
-    model = convert_to_onnx(
-        network,
-        inputs=[example],
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        use_trace=True,
-        dynamo=True,
-    )
+    quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir")]  # INFO lines per rewrite rule
+    levels = [logger.level for logger in quiet]
+    for one in quiet:
+        one.setLevel(logging.WARNING)
+    try:
+        model = convert_to_onnx(
+            network,
+            inputs=[example],
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+            use_trace=True,
+            dynamo=True,
+            verbose=False,
+        )
+    finally:
+        for one, level in zip(quiet, levels, strict=True):
+            one.setLevel(level)
     for key, value in {**_metadata_bytes(meta), **extra}.items():
         model.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(model)
@@ -159,8 +183,84 @@ def export_network(
                 got = session.run([OUTPUT_NAME], {INPUT_NAME: check_input.numpy()})[0]
         diff = float(np.abs(np.asarray(got, dtype=np.float64) - want).max()) if want.size else 0.0
         logger.info("Exported %s: max |diff| from the eager network = %.3g (batch %d)", path, diff, shape[0] + 1)
-        print(f"{path}: max |diff| from eager = {diff:.3g} (batch {shape[0] + 1})", flush=True)
         if not diff <= atol:
             raise ValueError(f"{path} differs from the eager network by {diff:.3g} > atol {atol:g}")
         results[fmt] = ExportCheck(path, diff)
     return results
+
+
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if it is one of :data:`RUNTIMES`, else a ``ValueError`` naming the choices."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"`runtime` must be one of {list(RUNTIMES)}, got {runtime!r}.")
+    return runtime
+
+
+class OnnxNetwork(nn.Module):
+    """An exported ``.onnx`` file run by ONNX Runtime, usable where a bundle expects its network.
+
+    ``forward`` feeds the input tensor to the file's ``image`` input and returns its ``pred`` output as a float
+    tensor on the input's device (no gradients). The session opens on the first call, so a configuration can build
+    this module before the file is exported.
+
+    Args:
+        path: the ``.onnx`` file (e.g. written by :func:`export_network`).
+        threads: ONNX Runtime intra-op threads (``None``: one per core).
+        providers: ONNX Runtime execution providers (default: CPU).
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.path, self.threads, self.providers = Path(path), threads, providers
+        self._session: Any = None
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self._session is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(
+                    f"{self.path} does not exist: export it first (python -m monai.bundle run export ...)."
+                )
+            self._session = onnx_session(self.path, self.threads, self.providers)
+        array = images.detach().float().cpu().numpy()
+        out = self._session.run([OUTPUT_NAME], {INPUT_NAME: array})[0]
+        return torch.from_numpy(np.ascontiguousarray(out)).to(images.device)
+
+
+def trained_metadata(meta: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """A bundle's metadata with the input ``spatial_shape`` of the trained run (``[S, S]``, from its record)."""
+    out = json.loads(json.dumps(dict(meta)))
+    out["network_data_format"]["inputs"]["image"]["spatial_shape"] = [int(image_size), int(image_size)]
+    return out
+
+
+def export_checkpoint(
+    network: nn.Module,
+    ckpt_file: str | Path,
+    stem: str | Path,
+    image_size: int,
+    meta: Mapping[str, Any] | None = None,
+    formats: Sequence[str] = EXPORT_FORMATS,
+    atol: float = 1e-4,
+) -> dict[str, ExportCheck]:
+    """Load ``ckpt_file`` (a state dict, e.g. a bundle's ``models/model.pt``) into ``network`` and export it.
+
+    Writes ``<stem>.ts/.onnx/.pt2`` (see :func:`export_network`) and, with ``meta``, ``metadata.json`` beside them:
+    the bundle's metadata with the trained input size, as MONAI's ``--meta_file`` for this run.
+
+    Args:
+        network: the bundle's ``network_def``.
+        ckpt_file: its weights.
+        stem: output path without suffix.
+        image_size: the trained side ``S``; the example input is ``(2, C, S, S)`` (``C`` from ``meta``, else 3).
+        meta: the bundle's metadata (``_meta_`` of its configuration).
+        formats, atol: see :func:`export_network`.
+    """
+    state = torch.load(str(ckpt_file), map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    channels = 3
+    if meta is not None:
+        meta = trained_metadata(meta, image_size)
+        channels = int(meta["network_data_format"]["inputs"]["image"]["num_channels"])
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        (Path(stem).parent / "metadata.json").write_text(json.dumps(meta, indent=4))
+    return export_network(network.cpu(), stem, (2, channels, image_size, image_size), formats, meta, atol=atol)

@@ -21,11 +21,19 @@ import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.utils.anchor_utils import AnchorGenerator
 from monai.data.box_utils import CenterSizeMode, StandardMode, convert_box_mode
+from monai.inferers import Inferer
 from torch import Tensor, nn
 
-from monai_kdml.networks.export import EXPORT_FORMATS, ExportCheck, export_network
+from monai_kdml.apps.polyp.runtime import DecoderSettings, FrameDecoder
+from monai_kdml.networks.export import EXPORT_FORMATS, ExportCheck, export_network, onnx_session, trained_metadata
 
-__all__ = ["RetinaNetBoxes", "decoder_settings", "export_detector"]
+__all__ = [
+    "OnnxDetectionInferer",
+    "RetinaNetBoxes",
+    "decoder_settings",
+    "export_detector",
+    "export_detector_checkpoint",
+]
 
 
 def _flatten_maps(maps: list[Tensor], num_anchors: int) -> Tensor:
@@ -117,9 +125,7 @@ def decoder_settings(
 
 
 def export_detector(
-    network: nn.Module,
-    anchor_generator: AnchorGenerator,
-    image_size: int,
+    boxes: RetinaNetBoxes,
     stem: str | Path,
     classes: Sequence[str] = ("polyp",),
     formats: Sequence[str] = EXPORT_FORMATS,
@@ -127,26 +133,110 @@ def export_detector(
     atol: float = 1e-4,
     **selection: Any,
 ) -> dict[str, ExportCheck]:
-    """Export ``network`` (e.g. the deployed :class:`~monai_kdml.apps.polyp.RetinaNetHeadEnsemble`) as
-    :class:`RetinaNetBoxes` in ``formats``, each checked against eager (see
-    :func:`monai_kdml.networks.export.export_network`); the ONNX file carries the decoder settings
-    (``kdml_decoder`` metadata) that :class:`~monai_kdml.apps.polyp.runtime.OnnxFrameDetector` reads.
+    """Export ``boxes`` (the deployed ensemble wrapped in :class:`RetinaNetBoxes`) in ``formats``, each checked
+    against eager (see :func:`monai_kdml.networks.export.export_network`); the ONNX file carries the decoder
+    settings (``kdml_decoder`` metadata) that :class:`~monai_kdml.apps.polyp.runtime.OnnxFrameDetector` reads.
 
     Args:
-        network, anchor_generator, image_size: see :class:`RetinaNetBoxes`.
+        boxes: the network to export.
         stem: path without suffix (``models/detector`` writes ``models/detector.onnx`` ...).
         classes: class names, label ``i`` is ``classes[i]``.
         formats, meta, atol: see :func:`~monai_kdml.networks.export.export_network`.
         selection: ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates_per_level``.
     """
-    boxes = RetinaNetBoxes(network, anchor_generator, image_size).eval()
-    settings = decoder_settings(boxes, classes, **selection)
+    boxes = boxes.eval()
     return export_network(
         boxes,
         stem,
         (2, 3, boxes.image_size, boxes.image_size),
         formats=formats,
         meta=meta,
-        onnx_metadata={"kdml_decoder": json.dumps(settings)},
+        onnx_metadata={"kdml_decoder": json.dumps(decoder_settings(boxes, classes, **selection))},
         atol=atol,
     )
+
+
+def export_detector_checkpoint(
+    boxes: RetinaNetBoxes,
+    ckpt_file: str | Path,
+    stem: str | Path,
+    classes: Sequence[str] = ("polyp",),
+    meta: Mapping[str, Any] | None = None,
+    formats: Sequence[str] = EXPORT_FORMATS,
+    **selection: Any,
+) -> dict[str, ExportCheck]:
+    """Load ``ckpt_file`` (the bundle's ``models/model.pt``) into ``boxes.network`` and :func:`export_detector`
+    it; with ``meta``, also write the run's ``metadata.json`` (trained input size) beside the files."""
+    boxes.network.load_state_dict(torch.load(str(ckpt_file), map_location="cpu", weights_only=True))
+    if meta is not None:
+        meta = trained_metadata(meta, boxes.image_size)
+        Path(stem).parent.mkdir(parents=True, exist_ok=True)
+        (Path(stem).parent / "metadata.json").write_text(json.dumps(meta, indent=4))
+    return export_detector(boxes.cpu(), stem, classes, formats=formats, meta=meta, **selection)
+
+
+class OnnxDetectionInferer(Inferer):
+    """:class:`~monai_kdml.apps.polyp.RetinaNetInferer`'s output from an exported detector run by ONNX Runtime.
+
+    Takes the bundle's ``(B, 3, W, H)`` batches (MONAI's axis order), runs the ``.onnx`` file written by
+    :func:`export_detector` and decodes with :class:`~monai_kdml.apps.polyp.runtime.FrameDecoder`, so per image
+    ``{box_key: (N, 4) xyxy input pixels, label_key: (N,), label_key + "_scores": (N,)}`` as torch tensors; the
+    ``network`` argument is ignored. The session opens on the first call.
+
+    Args:
+        path: the ``.onnx`` file.
+        score_thresh, nms_thresh, detections_per_img, topk_candidates_per_level: selection (as RetinaNetInferer).
+        threads: ONNX Runtime intra-op threads (``None``: one per core).
+        box_key, label_key: output keys.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_img: int = 100,
+        topk_candidates_per_level: int = 1000,
+        threads: int | None = None,
+        box_key: str = "box",
+        label_key: str = "label",
+    ) -> None:
+        super().__init__()
+        self.path, self.threads = Path(path), threads
+        self.selection = {
+            "score_thresh": score_thresh,
+            "nms_thresh": nms_thresh,
+            "detections_per_img": detections_per_img,
+            "topk_candidates_per_level": topk_candidates_per_level,
+        }
+        self.box_key, self.label_key = box_key, label_key
+        self._session: Any = None
+        self._decoder: FrameDecoder | None = None
+
+    def _open(self) -> tuple[Any, FrameDecoder]:
+        if self._session is None or self._decoder is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(
+                    f"{self.path} does not exist: export it first (python -m monai.bundle run export ...)."
+                )
+            self._session = onnx_session(self.path, self.threads)
+            stored = json.loads(self._session.get_modelmeta().custom_metadata_map["kdml_decoder"])
+            self._decoder = FrameDecoder(DecoderSettings.from_mapping({**stored, **self.selection}))
+        return self._session, self._decoder
+
+    def __call__(  # type: ignore[override]
+        self, inputs: Tensor, network: nn.Module | None = None, *args: Any, **kwargs: Any
+    ) -> list[dict[str, Tensor]]:
+        session, decoder = self._open()
+        frames = inputs.detach().float().cpu().transpose(2, 3).contiguous().numpy()  # (B, 3, H, W)
+        results = []
+        for pred in session.run(None, {"image": frames})[0]:
+            boxes, scores, labels = decoder(pred)
+            results.append(
+                {
+                    self.box_key: torch.from_numpy(boxes).to(inputs.device),
+                    self.label_key: torch.from_numpy(labels).to(inputs.device),
+                    f"{self.label_key}_scores": torch.from_numpy(scores).to(inputs.device),
+                }
+            )
+        return results

@@ -242,9 +242,8 @@ class OnnxFrameDetector:
 def export_detector_onnx(network: Any, anchor_generator: Any, image_size: int, path: str | Path, **kwargs: Any) -> Path:
     """Write ``network`` as ``path`` (``.onnx``) for :class:`OnnxFrameDetector`, checked against eager; see
     :func:`monai_kdml.apps.polyp.export.export_detector` for ``kwargs`` (``classes``, thresholds, ``meta``)."""
-    from monai_kdml.apps.polyp.export import export_detector  # torch and MONAI only when exporting
+    from monai_kdml.apps.polyp.export import RetinaNetBoxes, export_detector  # torch and MONAI only when exporting
 
     path = Path(path)
-    return export_detector(network, anchor_generator, image_size, path.with_suffix(""), formats=("onnx",), **kwargs)[
-        "onnx"
-    ].path
+    boxes = RetinaNetBoxes(network, anchor_generator, image_size)
+    return export_detector(boxes, path.with_suffix(""), formats=("onnx",), **kwargs)["onnx"].path
