@@ -63,9 +63,6 @@ class RetinaNetBoxes(nn.Module):
         level_sizes: anchors per pyramid level, finest first (they sum to ``N``).
     """
 
-    anchor_centre: Tensor
-    anchor_size: Tensor
-
     def __init__(self, network: nn.Module, anchor_generator: AnchorGenerator, image_size: int) -> None:
         super().__init__()
         if int(network.spatial_dims) != 2:  # type: ignore[arg-type]
@@ -87,8 +84,10 @@ class RetinaNetBoxes(nn.Module):
         network.train(was_training)
         self.level_sizes: list[int] = [int(m.shape[2] * m.shape[3] * self.num_anchors) for m in cls_maps]
         centre_size = torch.as_tensor(convert_box_mode(anchors, src_mode=StandardMode, dst_mode=CenterSizeMode))
-        self.register_buffer("anchor_centre", centre_size[:, :2].contiguous(), persistent=False)
-        self.register_buffer("anchor_size", centre_size[:, 2:].contiguous(), persistent=False)
+        # fixed tensors as frozen parameters: they follow .to(device), and TorchScript, torch.export and mypy all
+        # type them as tensors (a buffer's annotation trips TorchScript)
+        self.anchor_centre = nn.Parameter(centre_size[:, :2].contiguous(), requires_grad=False)
+        self.anchor_size = nn.Parameter(centre_size[:, 2:].contiguous(), requires_grad=False)
 
     def forward(self, images: Tensor) -> Tensor:
         """``(B, 3, S, S)`` frames in [0, 1], (H, W) layout -> ``(B, 4 + C, N)`` boxes and scores of every anchor."""
