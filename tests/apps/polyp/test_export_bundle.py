@@ -42,7 +42,7 @@ def test_export_writes_three_files_checked_against_eager(trained: Path) -> None:
     log = (trained / "export.log").read_text()
     diffs = re.findall(r"Exported (\S+): max \|diff\| from the eager network = (\S+) \(batch 3\)", log)
     assert sorted(Path(p).name for p, _ in diffs) == ["detector.onnx", "detector.pt2", "detector.ts"]
-    assert all(float(d) <= 1e-4 for _, d in diffs)
+    assert all(float(d) <= 1e-3 for _, d in diffs)
     meta = json.loads((trained / "models" / "metadata.json").read_text())
     assert meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [64, 64]
     x = torch.rand(2, 3, 64, 64)
