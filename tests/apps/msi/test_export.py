@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +22,21 @@ from monai_kdml.networks import StudentEnsemble, build_network
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 TINY = ["--demo_patients", "8", "--demo_tiles_per_patient", "4", "--image_size", "32", "--batch_size", "8"]
 SIZE = 32
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def trained(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny 1-epoch demo run at 32 px, then the bundle's export (as a user runs both)."""
     root = tmp_path_factory.mktemp("msi_export")
-    msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "1", "--num_students", "2", *TINY)
-    out = msi_bundle.cli("--bundle_root", str(root), config="inference.json", command="run export")
+    train = msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "1", "--num_students", "2", *TINY)
+    label = "export to ONNX, .pt2 and TorchScript"  # the command the end-of-run summary prints, run as printed
+    line = next(x.strip() for x in (train.stdout + train.stderr).splitlines() if x.strip().startswith(label))
+    args = shlex.split(line[len(label) :])
+    assert args[:5] == ["python", "-m", "monai.bundle", "run", "export"] and f"--bundle_root {root}" in line
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, *args[1:]], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (root / "export.log").write_text(out.stdout + out.stderr)
     return root
 
