@@ -71,16 +71,19 @@ class DecoderSettings:
         return cls(**data)
 
 
-def _area_resize_axis(image: np.ndarray, axis: int, size: int) -> np.ndarray:
-    """Sum over torch's adaptive-average-pooling windows along ``axis`` (exact integers; divide later)."""
-    length = image.shape[axis]
+def _window_sums(planes: np.ndarray, size: int) -> np.ndarray:
+    """Sums over torch's adaptive-average-pooling windows along the last (contiguous, so fast) axis, exact."""
+    length = planes.shape[-1]
     index = np.arange(size)
     start = (index * length) // size
     end = -((-(index + 1) * length) // size)  # ceil((i + 1) * length / size)
-    cumulative = np.cumsum(image, axis=axis, dtype=np.int64)
-    zero = np.zeros_like(np.take(cumulative, [0], axis=axis))
-    cumulative = np.concatenate([zero, cumulative], axis=axis)
-    return np.take(cumulative, end, axis=axis) - np.take(cumulative, start, axis=axis)
+    cumulative = np.cumsum(planes, axis=-1, dtype=np.int32)  # 255 * length fits easily
+    return cumulative[..., end - 1] - cumulative[..., np.maximum(start - 1, 0)] * (start > 0)
+
+
+def _window_lengths(length: int, size: int) -> np.ndarray:
+    index = np.arange(size)
+    return -((-(index + 1) * length) // size) - (index * length) // size
 
 
 def resize_pad_frame(frame: np.ndarray, image_size: int) -> tuple[np.ndarray, tuple[float, float]]:
@@ -97,12 +100,12 @@ def resize_pad_frame(frame: np.ndarray, image_size: int) -> tuple[np.ndarray, tu
     height, width = frame.shape[:2]
     scale = image_size / max(height, width)
     new_h, new_w = round(height * scale), round(width * scale)  # Python rounds half to even, as MONAI
-    sums = _area_resize_axis(_area_resize_axis(frame, 0, new_h), 1, new_w)
-    rows = -((-(np.arange(new_h) + 1) * height) // new_h) - (np.arange(new_h) * height) // new_h
-    cols = -((-(np.arange(new_w) + 1) * width) // new_w) - (np.arange(new_w) * width) // new_w
-    mean = (sums.astype(np.float32) / np.outer(rows, cols).astype(np.float32)[:, :, None]).round()
+    planes = np.ascontiguousarray(frame.transpose(2, 0, 1))  # (3, H, W): sum along W, then along H
+    sums = _window_sums(np.ascontiguousarray(_window_sums(planes, new_w).transpose(0, 2, 1)), new_h)  # (3, w, h)
+    counts = np.outer(_window_lengths(width, new_w), _window_lengths(height, new_h)).astype(np.float32)
+    mean = (sums.astype(np.float32) / counts).round()
     out = np.zeros((3, image_size, image_size), np.float32)
-    out[:, :new_h, :new_w] = mean.transpose(2, 0, 1) / np.float32(255.0)
+    out[:, :new_h, :new_w] = mean.transpose(0, 2, 1) / np.float32(255.0)
     return out, (width / new_w, height / new_h)
 
 
