@@ -61,6 +61,8 @@ class Profile:
     deploy_throughput_batch: int = 32
     deploy_polyp: tuple[str, ...] = ("cpu", "gpu")
     deploy_polyp_timed: tuple[str, ...] = ("cpu",)
+    # (task, preset) timed in eager PyTorch and ONNX Runtime side by side (CPU only): the bundles' default models
+    deploy_runtimes: tuple[tuple[str, str], ...] = (("msi", "demo"), ("polyp", "cpu"))
     # 6. memory: (preset, image_size, batches); batches run small to large, larger ones skipped once one exceeds
     memory_configs: tuple[tuple[str, int, tuple[int, ...]], ...] = (
         ("demo", 64, (8, 32)),
@@ -104,6 +106,7 @@ PROFILES: dict[str, Profile] = {
         deploy_throughput_batch=4,
         deploy_polyp=("tiny",),
         deploy_polyp_timed=("tiny",),
+        deploy_runtimes=(("msi", "demo"),),  # two ONNX exports: the smoke run stays inside its time limit
         memory_configs=(("demo", 32, (2, 4)),),
         memory_limit_gib=4.0,
         threads_workload=Workload("demo", 32, 2),

@@ -1,4 +1,5 @@
-"""5. Deployment: the student ensemble (what ``model.pt`` holds) against the teacher, per preset.
+"""5. Deployment: the student ensemble (what ``model.pt`` holds) against the teacher, per preset; then both in eager
+PyTorch and ONNX Runtime (:mod:`kdml_bench.runtimes`).
 
 Parameters and multiply-accumulates are counts (``count_parameters``, ``count_macs`` at batch 1); latency at batch 1
 and throughput at the throughput batch are timed side by side in eval mode under ``inference_mode``; peak memory
@@ -13,6 +14,7 @@ from kdml_bench.config import Profile
 from kdml_bench.memory import memory_limit
 from kdml_bench.probes import GIB, build_deployable, run_probe
 from kdml_bench.report import Figure, SectionResult, Table
+from kdml_bench.runtimes import run_runtimes
 from kdml_bench.timing import interleave, paired_ratios, stats
 from monai_kdml.apps.polyp.networks import get_preset as get_detection_preset
 from monai_kdml.metrics.compression import count_macs, count_parameters
@@ -116,4 +118,5 @@ def run(profile: Profile, device: torch.device) -> SectionResult:
             rows,
         )
     )
+    run_runtimes(profile, device, result)
     return result

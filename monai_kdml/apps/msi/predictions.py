@@ -39,7 +39,8 @@ class TilePredictionWriter:
 
     Args:
         output_dir: folder of the CSV files.
-        ensemble: the :class:`~monai_kdml.networks.StudentEnsemble` the evaluator runs.
+        ensemble: the :class:`~monai_kdml.networks.StudentEnsemble` the evaluator runs; ``None`` when it runs an
+            exported file (ONNX Runtime), whose students are not visible: ``disagreement`` is then left empty.
         positive_class: class whose probability is the ``probability`` column (1 = MSI).
         patient_key: batch key of the datalist's patient ids.
         pred_key: output key of the ensemble's logits.
@@ -52,7 +53,7 @@ class TilePredictionWriter:
     def __init__(
         self,
         output_dir: str | Path,
-        ensemble: StudentEnsemble,
+        ensemble: StudentEnsemble | None,
         positive_class: int = 1,
         patient_key: str = PATIENT_KEY,
         pred_key: str = "pred",
@@ -78,18 +79,19 @@ class TilePredictionWriter:
     def _start(self, _engine: Engine) -> None:
         self._rows.clear()
         self._member_logits.clear()
-        self._hooks = [s.register_forward_hook(self._record) for s in self.ensemble.students]
+        students: list[nn.Module] = [] if self.ensemble is None else list(self.ensemble.students)
+        self._hooks = [s.register_forward_hook(self._record) for s in students]
 
     def _record(self, _module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         self._member_logits.append(output.detach())
 
     def _collect(self, engine: Engine) -> None:
         members, self._member_logits = self._member_logits, []
-        disagreement = student_disagreement(members).reshape(-1).tolist()
         output: Any = engine.state.output
         batch: Any = engine.state.batch  # decollated by MONAI at MODEL_COMPLETED, like the output
         items = output if isinstance(output, list) else [output]
         samples = batch if isinstance(batch, list) else [batch]
+        disagreement = student_disagreement(members).reshape(-1).tolist() if members else [""] * len(items)
         for item, sample, d in zip(items, samples, disagreement, strict=True):
             probs = torch.softmax(torch.as_tensor(item[self.pred_key]).float().reshape(-1), dim=0).tolist()
             names = self.class_names or [str(c) for c in range(len(probs))]
@@ -102,7 +104,7 @@ class TilePredictionWriter:
                     "predicted": names[max(range(len(probs)), key=probs.__getitem__)],
                     "probability": probs[self.positive_class],
                     **{f"p_{name}": p for name, p in zip(names, probs, strict=True)},
-                    "disagreement": float(d),
+                    "disagreement": d if d == "" else float(d),
                 }
             )
 

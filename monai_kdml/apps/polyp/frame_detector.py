@@ -45,7 +45,7 @@ VIDEO_NETWORKS = ("ensemble", "teacher")
 """Networks a video can be run with: the deployed student ensemble (``models/model.pt``) or the teacher
 (``models/best_networks.pt``), e.g. to compare their frame rates."""
 
-VIDEO_BACKENDS = ("torch",)
+VIDEO_BACKENDS = ("torch", "onnxruntime")
 """Frame detector backends wired into ``bundles/polyp/inference.json`` (``--video_backend``)."""
 
 
@@ -191,6 +191,23 @@ def load_video_network(
     return network.to(device).eval()
 
 
+def _onnx_frame_detector(network: str, onnx_file: str | Path | None, operating_score: float) -> FrameDetector:
+    """The exported ensemble in ONNX Runtime, its candidates cut at ``operating_score`` as the torch path's."""
+    if network != "ensemble":
+        raise ValueError(f"`video_backend` onnxruntime runs the exported ensemble; `video_network` is {network!r}.")
+    if onnx_file is None or not Path(onnx_file).is_file():
+        raise FileNotFoundError(
+            f"`video_backend` onnxruntime needs the exported detector {onnx_file}: run `python -m monai.bundle run "
+            "export --config_file bundles/polyp/inference.json` with the same --bundle_root first."
+        )
+    from monai_kdml.apps.polyp.runtime import OnnxFrameDetector
+
+    detector = OnnxFrameDetector(onnx_file)
+    if operating_score > detector.settings.score_thresh:  # as the torch path: candidates below it never reach NMS
+        detector = OnnxFrameDetector(onnx_file, {"score_thresh": min(float(operating_score), 0.999)})
+    return detector
+
+
 def build_frame_detector(
     backend: str,
     network: str,
@@ -201,11 +218,14 @@ def build_frame_detector(
     image_size: int,
     device: torch.device | str = "cpu",
     operating_score: float = 0.0,
+    onnx_file: str | Path | None = None,
 ) -> FrameDetector:
     """The bundle's video detector: ``backend`` (one of :data:`VIDEO_BACKENDS`) running the trained ``network``.
 
     Args:
-        backend: ``"torch"``: :class:`TorchFrameDetector` (PyTorch eager).
+        backend: ``"torch"``: :class:`TorchFrameDetector` (PyTorch eager); ``"onnxruntime"``: the exported ensemble
+            ``onnx_file`` (``inference.json`` ``run export``) in ONNX Runtime,
+            :class:`~monai_kdml.apps.polyp.runtime.OnnxFrameDetector` (the ensemble only).
         network: ``"ensemble"`` or ``"teacher"`` (see :func:`load_video_network`).
         ensemble, preset, ckpt_dir, device: see :func:`load_video_network`.
         inferer, image_size: see :class:`TorchFrameDetector`.
@@ -215,8 +235,11 @@ def build_frame_detector(
 
     Raises:
         ValueError: an unknown backend or network, naming the bundle key.
+        FileNotFoundError: ``"onnxruntime"`` without the exported file.
     """
-    check_video_backend(backend)
+    backend = check_video_backend(backend)
+    if backend == "onnxruntime":
+        return _onnx_frame_detector(network, onnx_file, operating_score)
     trained = load_video_network(network, ensemble, preset, ckpt_dir, device)
     if operating_score > inferer.score_thresh:
         inferer = RetinaNetInferer(
