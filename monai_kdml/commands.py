@@ -14,7 +14,7 @@ from typing import Any
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 
-__all__ = ["bundle_command", "cli_overrides"]
+__all__ = ["bundle_command", "cli_overrides", "command_argument"]
 
 # arguments of MONAI's command itself, never overrides of a config
 _COMMAND_ARGS = ("config_file", "meta_file", "args_file", "filepath", "ckpt_file", "net_id", "key_in_ckpt")
@@ -79,3 +79,13 @@ def bundle_command(
         parts += ["--meta_file", str(Path(folder) / "metadata.json")]
     parts += [f"--{k} {_quote(v)}" for k, v in args.items()]
     return " ".join(parts)
+
+
+def command_argument(name: str, command: str) -> str | None:
+    """The value of ``--<name>`` when this process is ``python -m monai.bundle <command> ...``, else ``None``."""
+    argv = bundle_cli_argv()
+    if argv is None or argv[0] != command:
+        return None
+    _, named = parse_fire_args(argv[1:])
+    value = named.get(name)
+    return None if value is None else str(literal(value))
