@@ -23,7 +23,7 @@ from typing import Any
 from monai.bundle import ConfigParser
 
 from monai_kdml._cli import bundle_cli_argv, install_error_summary, literal, parse_fire_args
-from monai_kdml.commands import bundle_command
+from monai_kdml.commands import bundle_command, evaluate_command
 from monai_kdml.engines.fast import AMP_DTYPES
 from monai_kdml.keys import Mode, TeacherMode, parse_cohorts
 from monai_kdml.record import (
@@ -46,6 +46,8 @@ __all__ = [
     "check_validation_schedule",
     "check_weights_file",
     "data_source",
+    "evaluate_command",
+    "expand_path",
     "flag",
     "pick_metric",
     "prepare_run_folder",
@@ -276,6 +278,12 @@ def pick_metric(metrics: Mapping[str, Any], name: str, key: str = "key_metric") 
 
 
 # ---------------------------------------------------------------- run folders
+def expand_path(path: str | os.PathLike) -> str:
+    """``path`` with a leading ``~`` expanded, as the shell would have: a quoted ``--bundle_root '~/run'`` reaches
+    the config unexpanded, and would otherwise make a folder named ``~``."""
+    return os.path.expanduser(str(path))
+
+
 def prepare_run_folder(ckpt_dir: str | Path, output_dir: str | Path, resume: bool, overwrite: bool = False) -> None:
     """Open a :class:`~monai_kdml.runfolder.RunFolder` over ``ckpt_dir`` and ``output_dir`` (kept for configs that
     call it; the bundles declare the component itself, with their record, under ``run_folder``).

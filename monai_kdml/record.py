@@ -24,6 +24,7 @@ __all__ = [
     "data_source",
     "read_record",
     "record_differences",
+    "resume_refusal",
     "run_record",
     "write_record",
 ]
@@ -54,6 +55,21 @@ def record_differences(record: Mapping[str, Any], configured: Mapping[str, Any])
     ]
 
 
+def resume_refusal(ckpt_dir: str | Path, record: Mapping[str, Any]) -> str | None:
+    """Why ``--resume true`` must not continue the run in ``ckpt_dir`` with ``record`` (``None`` when it may, or
+    when there is no record to compare with): each key whose value differs, with the run's and this command's."""
+    if not (Path(ckpt_dir) / RECORD_NAME).is_file():
+        return None
+    diffs = record_differences(read_record(ckpt_dir), record)
+    if not diffs:
+        return None
+    return (
+        f"`--resume true` would continue the run in {ckpt_dir} with other settings: "
+        + "; ".join(d.replace("configured", "this command") for d in diffs)
+        + ". Resume with the run's own settings, or train a new run elsewhere (`--bundle_root <folder>`)."
+    )
+
+
 def write_record(ckpt_dir: str | Path, record: Mapping[str, Any], resume: bool = False) -> Path:
     """Write ``record`` as ``<ckpt_dir>/network.json`` (atomically); on resume, check it against the one there.
 
@@ -64,13 +80,9 @@ def write_record(ckpt_dir: str | Path, record: Mapping[str, Any], resume: bool =
     path = Path(ckpt_dir) / RECORD_NAME
     record = _jsonable(dict(record))
     if resume and path.is_file():
-        diffs = record_differences(read_record(ckpt_dir), record)
-        if diffs:
-            raise ValueError(
-                f"`--resume true` would continue the run in {ckpt_dir} with other settings: "
-                + "; ".join(d.replace("configured", "this command") for d in diffs)
-                + ". Resume with the run's own settings, or train a new run elsewhere (`--bundle_root <folder>`)."
-            )
+        refusal = resume_refusal(ckpt_dir, record)
+        if refusal:
+            raise ValueError(refusal)
         return path
     if idist.get_rank() != 0:  # one writer under DDP
         return path

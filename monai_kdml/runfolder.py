@@ -33,7 +33,7 @@ from typing import Any
 import ignite.distributed as idist
 from filelock import FileLock, Timeout
 
-from monai_kdml.record import RECORD_NAME, read_record, record_differences
+from monai_kdml.record import RECORD_NAME, read_record, record_differences, resume_refusal
 
 __all__ = ["LOCK_NAME", "MANIFEST_NAME", "RUN_FILE_PATTERNS", "RunFolder", "RunFolderBusyError", "RunFolderError"]
 
@@ -99,14 +99,18 @@ class RunFolder:
 
         Raises:
             RunFolderBusyError: another process holds a folder, naming it.
-            RunFolderError: a path starts with an unexpanded ``~``, or an earlier run is there (neither resumed nor
-                replaced); the message says what works.
+            RunFolderError: a path starts with an unexpanded ``~``, an earlier run is there (neither resumed nor
+                replaced; the message says what works), or a resume contradicts that run's record.
         """
         self._check_paths()
         main = idist.get_rank() == 0  # one lock holder, deleter and manifest writer under DDP
         if main:
             self._lock()
         found = self.previous_run()
+        refusal = resume_refusal(self.ckpt_dir, self.record) if self.resume and self.record is not None else None
+        if refusal:  # before the data are read and checked, which may take minutes
+            self.close()
+            raise RunFolderError(refusal)
         if found and not self.resume:
             if not self.overwrite:
                 self.close()

@@ -160,3 +160,11 @@ def test_weights_of_another_run_are_named(tmp_path: Path) -> None:
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"model.pt: not a readable weights file"):
         check_weights_file(tmp_path / "model.pt", tmp_path)
+
+
+def test_the_evaluate_command_names_test_dir_only_without_a_test_split() -> None:
+    from monai_kdml.commands import evaluate_command
+
+    assert "--test_dir" not in evaluate_command(["train.json", "evaluate.json"], has_test=True)
+    without = evaluate_command(["train.json", "evaluate.json"], has_test=False, placeholder="<folder of test tiles>")
+    assert without.endswith("--test_dir <folder of test tiles>")
