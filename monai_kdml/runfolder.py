@@ -35,7 +35,15 @@ from filelock import FileLock, Timeout
 
 from monai_kdml.record import RECORD_NAME, read_record, record_differences, resume_refusal
 
-__all__ = ["LOCK_NAME", "MANIFEST_NAME", "RUN_FILE_PATTERNS", "RunFolder", "RunFolderBusyError", "RunFolderError"]
+__all__ = [
+    "LOCK_NAME",
+    "MANIFEST_NAME",
+    "RUN_FILE_PATTERNS",
+    "RunExistsError",
+    "RunFolder",
+    "RunFolderBusyError",
+    "RunFolderError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +65,10 @@ class RunFolderError(RuntimeError):
 
 class RunFolderBusyError(RunFolderError):
     """Another live process holds the run folder."""
+
+
+class RunExistsError(RunFolderError, FileExistsError):
+    """An earlier run is in the folder, and this one neither resumes nor replaces it."""
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -114,7 +126,7 @@ class RunFolder:
         if found and not self.resume:
             if not self.overwrite:
                 self.close()
-                raise RunFolderError(self._refusal(found))
+                raise RunExistsError(self._refusal(found))
             if main:
                 self._delete_previous_run()
         if main:
@@ -131,7 +143,7 @@ class RunFolder:
             self._write_manifest()
         for lock in self._locks:
             Path(f"{lock.lock_file}.json").unlink(missing_ok=True)
-            lock.release(force=True)
+            lock.release()
         self._locks = []
 
     # -------------------------------------------------------------- helpers
@@ -160,7 +172,8 @@ class RunFolder:
         }
         for folder in self._folders():
             folder.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(folder / LOCK_NAME), timeout=0)
+            # one lock object per path in a process: in-process workflows (tests, notebooks) run one after another
+            lock = FileLock(str(folder / LOCK_NAME), timeout=0, is_singleton=True)
             try:
                 lock.acquire()
             except Timeout:
