@@ -168,3 +168,17 @@ def test_the_evaluate_command_names_test_dir_only_without_a_test_split() -> None
     assert "--test_dir" not in evaluate_command(["train.json", "evaluate.json"], has_test=True)
     without = evaluate_command(["train.json", "evaluate.json"], has_test=False, placeholder="<folder of test tiles>")
     assert without.endswith("--test_dir <folder of test tiles>")
+
+
+def test_a_state_dict_that_does_not_fit_is_summarised_in_one_line() -> None:
+    from monai_kdml._cli import _summary
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    weights = {"teacher.a": torch.zeros(1), "0.weight": torch.zeros(3, 3), "0.bias": torch.zeros(2)}
+    with pytest.raises(RuntimeError) as info:
+        net.load_state_dict(weights)
+    line = _summary(info.value)
+    assert "\n" not in line and line.startswith("monai-kdml: RuntimeError: the weights file does not fit the network")
+    assert (
+        "2 missing keys (e.g. 1.weight), 1 unexpected keys (e.g. teacher.a), 1 of other shapes (e.g. 0.weight)" in line
+    )
