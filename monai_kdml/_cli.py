@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -154,15 +154,20 @@ def _summary(error: BaseException) -> str:
     return f"monai-kdml: {type(cause).__name__}: {_state_dict_mismatch(str(cause)) or cause}"
 
 
-class _TracebackToFile(logging.Filter):
-    """Move the traceback of a logged exception into the traceback file, leaving its message on the terminal."""
+def _record_factory(make: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
+    """Wrap the log-record factory: a logged exception keeps its message, its traceback goes to the traceback file
+    (every handler and logger alike, whenever it was configured)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
         if record.exc_info and record.exc_info[0] is not None and not _debug():
             where = _keep_traceback("".join(traceback.format_exception(*record.exc_info)))
             record.msg = f"{record.msg} (traceback: {where})"
             record.exc_info, record.exc_text = None, None
-        return True
+        return record
+
+    factory.monai_kdml = True  # type: ignore[attr-defined]
+    return factory
 
 
 def _hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
@@ -180,6 +185,6 @@ def install_error_summary() -> None:
     if bundle_cli_argv() is None or sys.excepthook is _hook:
         return
     sys.excepthook = _hook
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _TracebackToFile) for f in handler.filters):
-            handler.addFilter(_TracebackToFile())
+    make = logging.getLogRecordFactory()
+    if not getattr(make, "monai_kdml", False):
+        logging.setLogRecordFactory(_record_factory(make))

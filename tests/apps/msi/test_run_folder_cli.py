@@ -46,6 +46,15 @@ def test_a_bad_option_ends_with_one_line_and_keeps_the_traceback_in_a_file(msi_b
     assert stderr_lines(debug)[-1].startswith("monai-kdml: ValueError: `val_fraction` is 0: no validation split")
 
 
+def test_a_failure_during_training_logs_no_traceback_on_the_terminal(msi_bundle, tmp_path: Path) -> None:
+    # MONAI's StatsHandler logs every engine exception with its traceback before re-raising it
+    out = msi_bundle.cli("--bundle_root", str(tmp_path), *TINY, "--learning_rate", "1e30", check=False)
+    assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+    assert stderr_lines(out)[-1].startswith("monai-kdml: NonFiniteLossError: non-finite loss")
+    (kept,) = (tmp_path / "eval" / "logs").glob("error-*.log")
+    assert kept.read_text().count("Traceback (most recent call last)") >= 2  # the logged ones and the final one
+
+
 def test_a_second_run_is_refused_while_the_first_runs(msi_bundle, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(msi_bundle.dir / "train.json")]
     args = ["--bundle_root", str(tmp_path), "--max_epochs", "50", *TINY]
