@@ -65,7 +65,7 @@ def resume_refusal(ckpt_dir: str | Path, record: Mapping[str, Any]) -> str | Non
         return None
     return (
         f"`--resume true` would continue the run in {ckpt_dir} with other settings: "
-        + "; ".join(d.replace("configured", "this command") for d in diffs)
+        + "; ".join(diffs)
         + ". Resume with the run's own settings, or train a new run elsewhere (`--bundle_root <folder>`)."
     )
 

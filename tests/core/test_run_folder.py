@@ -125,9 +125,9 @@ def test_resume_with_another_data_source_seed_or_mode_is_refused(tmp_path: Path)
     write_record(tmp_path, trained)
     write_record(tmp_path, trained, resume=True)  # the same settings resume
     for change, shown in (
-        ({"seed": 1}, "`seed`: trained with 0, this command 1"),
-        ({"mode": "kd"}, "`mode`: trained with 'kdml', this command 'kd'"),
-        ({"data": "/other"}, f"`data`: trained with '{tmp_path / 'kather'}', this command '/other'"),
+        ({"seed": 1}, "`seed`: trained with 0, configured 1"),
+        ({"mode": "kd"}, "`mode`: trained with 'kdml', configured 'kd'"),
+        ({"data": "/other"}, f"`data`: trained with '{tmp_path / 'kather'}', configured '/other'"),
         ({"cohorts": ["kd", "kdml"]}, "`cohorts`: trained with None"),
     ):
         with pytest.raises(ValueError, match="would continue the run") as info:

@@ -97,7 +97,7 @@ def test_ctrl_c_outside_training_ends_with_one_line(tmp_path: Path) -> None:
 def test_resume_with_another_seed_or_data_is_refused(msi_bundle, finished: Path) -> None:
     before = (finished / "models" / "model.pt").read_bytes()
     for extra, shown in (
-        (["--seed", "1"], "`seed`: trained with 0, this command 1"),
+        (["--seed", "1"], "`seed`: trained with 0, configured 1"),
         # the same tiles under another name: a data set given now, where the run trained on its demo data
         (["--dataset_dir", str(finished / ".cache" / "msi_demo")], "`data`: trained with 'synthetic demo data'"),
     ):
