@@ -154,3 +154,14 @@ def test_without_a_test_split_the_summary_suggests_test_dir(msi_bundle, real_til
     )  # fmt: skip
     line = next(line for line in out.stdout.splitlines() if "evaluate on the test split" in line)
     assert line.rstrip().endswith("--test_dir <folder of test tiles>"), line
+
+
+def test_overwrite_also_deletes_the_replaced_runs_evaluation(msi_bundle, finished: Path, tmp_path: Path) -> None:
+    shutil.copytree(finished, tmp_path, dirs_exist_ok=True)
+    args = ["--bundle_root", str(tmp_path), *TINY]
+    msi_bundle.cli(*args, config=["train.json", "evaluate.json"])
+    report = tmp_path / "eval" / "test" / "summary.md"
+    assert report.is_file()
+    (tmp_path / "eval" / "notes.txt").write_text("the user's")
+    msi_bundle.cli(*args, "--max_epochs", "1", "--overwrite", "true")
+    assert not report.exists() and (tmp_path / "eval" / "notes.txt").read_text() == "the user's"
