@@ -7,9 +7,11 @@ Compression", ISBI 2022.
 """
 
 # before anything imports torch: OpenMP reads its wait policy once, when torch loads it (see monai_kdml.threads)
+from monai_kdml._cli import install_error_summary
 from monai_kdml.threads import configure_threads
 
 configure_threads()
+install_error_summary()
 
 from monai_kdml.keys import Mode, TeacherMode  # noqa: E402
 from monai_kdml.losses import KDLoss, KDMLLoss, MutualLearningLoss  # noqa: E402

@@ -13,20 +13,26 @@ given at training time has to be repeated, and an override that contradicts it i
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import os
-import shutil
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import ignite.distributed as idist
 from monai.bundle import ConfigParser
 
-from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
-from monai_kdml.commands import bundle_command
+from monai_kdml._cli import bundle_cli_argv, install_error_summary, literal, parse_fire_args
+from monai_kdml.commands import bundle_command, evaluate_command
+from monai_kdml.record import (
+    RECORD_NAME,
+    check_against_record,
+    check_weights_file,
+    data_source,
+    read_record,
+    run_record,
+    write_record,
+)
+from monai_kdml.runfolder import RunFolder
 
 __all__ = [
     "RECORD_NAME",
@@ -35,6 +41,11 @@ __all__ = [
     "check_cli_overrides",
     "check_dataset_dir",
     "check_loader_workers",
+    "check_validation_schedule",
+    "check_weights_file",
+    "data_source",
+    "evaluate_command",
+    "expand_path",
     "flag",
     "pick_metric",
     "prepare_run_folder",
@@ -45,8 +56,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RECORD_NAME = "network.json"
-"""File name of the trained-network record in a bundle's ``models/`` folder."""
 _CHECKED: set[tuple[str, ...]] = set()
 
 
@@ -83,7 +92,7 @@ def check_cli_overrides(known: Iterable[str] = ()) -> None:
     command = _cli_command()
     if command is None:
         return
-    _summarise_errors_at_exit()
+    install_error_summary()
     name, args = command
     _, named = parse_fire_args(args)
     key = (name, *args)
@@ -117,32 +126,6 @@ def check_cli_overrides(known: Iterable[str] = ()) -> None:
             "Every key the bundle reads is listed at the top of its train.json and in its README."
         )
     _CHECKED.add(key)
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The innermost exception under MONAI's "Failed to evaluate/instantiate" wrappers."""
-    seen: set[int] = set()
-    while id(error) not in seen:
-        seen.add(id(error))
-        inner = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
-        if inner is None or not isinstance(error, RuntimeError) or "Failed to" not in str(error):
-            break
-        error = inner
-    return error
-
-
-def _summarise_errors_at_exit() -> None:
-    """After the usual traceback, end with the one line that says what is wrong (MONAI ends with its wrapper)."""
-    previous = sys.excepthook
-
-    def hook(kind: type[BaseException], error: BaseException, trace: Any) -> None:
-        previous(kind, error, trace)
-        cause = _root_cause(error)
-        if cause is not error:
-            print(f"\nmonai-kdml: {type(cause).__name__}: {cause}", file=sys.stderr)
-
-    if getattr(sys.excepthook, "__name__", "") != "hook":
-        sys.excepthook = hook
 
 
 # ---------------------------------------------------------------- options shared by both bundles
@@ -189,6 +172,41 @@ def check_loader_workers(num_workers: int, persistent_workers: bool) -> None:
         )
 
 
+def check_validation_schedule(max_epochs: Any, val_interval: Any, val_fraction: Any) -> None:
+    """Refuse a training whose validation never runs: it would end with rc 0 and no ``model.pt`` (the best model is
+    chosen, and saved, at validation). Warns when the last epochs are not validated.
+
+    Args:
+        max_epochs: ``max_epochs`` (the total, also when resuming).
+        val_interval: validate every ``val_interval`` epochs.
+        val_fraction: share of the training data held out for validation.
+
+    Raises:
+        ValueError: ``val_interval`` > ``max_epochs``, or ``val_fraction`` 0, naming both values.
+    """
+    if isinstance(val_fraction, (int, float)) and not isinstance(val_fraction, bool) and val_fraction <= 0:
+        raise ValueError(
+            f"`val_fraction` is {val_fraction}: no validation split, so no epoch would be validated and no model.pt "
+            "saved. Hold out some data (e.g. `--val_fraction 0.2`)."
+        )
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (max_epochs, val_interval)):
+        return  # the options check names these
+    if val_interval > max_epochs:
+        raise ValueError(
+            f"`val_interval` {val_interval} > `max_epochs` {max_epochs}: no epoch would be validated and no model.pt "
+            f"saved. Use `--val_interval` <= {max_epochs}."
+        )
+    if max_epochs % val_interval:
+        last = max_epochs - max_epochs % val_interval
+        logger.warning(
+            "`val_interval` %d: the last validation is at epoch %d of %d; the model saved is chosen among the "
+            "validated epochs only.",
+            val_interval,
+            last,
+            max_epochs,
+        )
+
+
 def pick_metric(metrics: Mapping[str, Any], name: str, key: str = "key_metric") -> dict[str, Any]:
     """``{name: metrics[name]}`` for an evaluator's ``key_val_metric``; a bad name lists the valid ones.
 
@@ -203,109 +221,17 @@ def pick_metric(metrics: Mapping[str, Any], name: str, key: str = "key_metric") 
 
 
 # ---------------------------------------------------------------- run folders
-_RUN_FILES = ("model.pt", "best_networks.pt", RECORD_NAME)
+def expand_path(path: str | os.PathLike) -> str:
+    """``path`` with a leading ``~`` expanded, as the shell would have: a quoted ``--bundle_root '~/run'`` reaches
+    the config unexpanded, and would otherwise make a folder named ``~``."""
+    return os.path.expanduser(str(path))
 
 
 def prepare_run_folder(ckpt_dir: str | Path, output_dir: str | Path, resume: bool, overwrite: bool = False) -> None:
-    """Refuse to train into a folder that holds another run, unless it is resumed or explicitly replaced.
-
-    A run is there when ``ckpt_dir`` holds ``model.pt``, ``best_networks.pt``, the record or a training checkpoint.
-    With ``overwrite``, that run's ``ckpt_dir`` files and its ``output_dir`` are deleted first.
+    """Open a :class:`~monai_kdml.runfolder.RunFolder` over ``ckpt_dir`` and ``output_dir`` (kept for configs that
+    call it; the bundles declare the component itself, with their record, under ``run_folder``).
 
     Raises:
-        FileExistsError: a run is there and neither ``resume`` nor ``overwrite`` is set; the message says what to do.
+        RunFolderError: another run is there (neither resumed nor replaced), or holds the folder now.
     """
-    models = Path(ckpt_dir)
-    found = sorted(p.name for p in models.glob("*") if p.name in _RUN_FILES or p.name.startswith("checkpoint"))
-    if not found or resume:
-        return
-    if not overwrite:
-        raise FileExistsError(
-            f"{models} already holds a run ({', '.join(found[:4])}). Continue it with `--resume true` (raise "
-            "`--max_epochs` to train longer), write this run elsewhere with `--bundle_root <folder>`, or delete "
-            "that run with `--overwrite true`."
-        )
-    logger.warning("--overwrite true: deleting the run in %s and %s.", models, output_dir)
-    for name in found:
-        (models / name).unlink(missing_ok=True)  # another rank may have been first
-    shutil.rmtree(output_dir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- the trained-network record
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda v: v.__dict__ if hasattr(v, "__dict__") else str(v)))
-
-
-def write_record(ckpt_dir: str | Path, record: Mapping[str, Any], resume: bool = False) -> Path:
-    """Write ``record`` as ``<ckpt_dir>/network.json`` (atomically); on resume, check it against the one there.
-
-    Raises:
-        ValueError: resuming a run whose record differs, naming each differing key with both values.
-    """
-    path = Path(ckpt_dir) / RECORD_NAME
-    record = _jsonable(dict(record))
-    if resume and path.is_file():
-        check_against_record(read_record(ckpt_dir), **record)
-        return path
-    if idist.get_rank() != 0:  # one writer under DDP
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def run_record(
-    record: Mapping[str, Any], cohorts: Sequence[str] | None = None, mode: str | None = None, **extra: Any
-) -> dict[str, Any]:
-    """``record`` plus what only some runs have: ``cohorts`` and ``mode`` for a cohort run, and each ``extra`` value
-    that is not ``None`` (e.g. mixed student architectures), so a single-mode run's record keeps its keys."""
-    out = dict(record)
-    if cohorts is not None:
-        out["cohorts"], out["mode"] = [str(c) for c in cohorts], str(mode)
-    out.update({key: value for key, value in extra.items() if value is not None})
-    return out
-
-
-def read_record(ckpt_dir: str | Path, fallback: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The record in ``ckpt_dir``; ``fallback`` (with a warning) when there is none and a fallback is given.
-
-    Raises:
-        FileNotFoundError: no record and no fallback.
-        ValueError: an unreadable record.
-    """
-    path = Path(ckpt_dir) / RECORD_NAME
-    if not path.is_file():
-        if fallback is None:
-            raise FileNotFoundError(f"{path} does not exist: train the bundle first (it writes this record).")
-        if (Path(ckpt_dir) / "model.pt").is_file():
-            logger.warning("%s has no %s: using the configuration's network settings.", ckpt_dir, path.name)
-        return _jsonable(dict(fallback))
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read the trained-network record ({err}).") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(record).__name__}.")
-    return record
-
-
-def check_against_record(record: Mapping[str, Any], **configured: Any) -> None:
-    """Raise when a configured value contradicts the trained-network ``record`` (keys absent from it are skipped).
-
-    Raises:
-        ValueError: naming every differing key with the trained and the configured value.
-    """
-    configured = _jsonable(configured)
-    diffs = [
-        f"`{key}`: trained with {record[key]!r}, configured {value!r}"
-        for key, value in configured.items()
-        if key in record and record[key] != value
-    ]
-    if diffs:
-        raise ValueError(
-            "the configuration contradicts the trained model's record (models/network.json): "
-            + "; ".join(diffs)
-            + ". Drop these overrides (the record supplies them), or train a new model."
-        )
+    RunFolder(ckpt_dir, output_dir, resume=resume, overwrite=overwrite).open()

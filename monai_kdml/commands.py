@@ -14,7 +14,7 @@ from typing import Any
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 
-__all__ = ["bundle_command", "cli_overrides"]
+__all__ = ["bundle_command", "cli_overrides", "command_argument", "evaluate_command"]
 
 # arguments of MONAI's command itself, never overrides of a config
 _COMMAND_ARGS = ("config_file", "meta_file", "args_file", "filepath", "ckpt_file", "net_id", "key_in_ckpt")
@@ -79,3 +79,32 @@ def bundle_command(
         parts += ["--meta_file", str(Path(folder) / "metadata.json")]
     parts += [f"--{k} {_quote(v)}" for k, v in args.items()]
     return " ".join(parts)
+
+
+def command_argument(name: str, command: str) -> str | None:
+    """The value of ``--<name>`` when this process is ``python -m monai.bundle <command> ...``, else ``None``."""
+    argv = bundle_cli_argv()
+    if argv is None or argv[0] != command:
+        return None
+    _, named = parse_fire_args(argv[1:])
+    value = named.get(name)
+    return None if value is None else str(literal(value))
+
+
+def evaluate_command(
+    configs: str | Sequence[str],
+    has_test: bool,
+    placeholder: str = "<folder of test images>",
+    default_dir: str = "bundles/msi",
+) -> str:
+    """The evaluation command a training run suggests: as is when its data set has a test split, else with
+    ``--test_dir <placeholder>`` (the command without it would stop at "no test split").
+
+    Args:
+        configs: config file names inside the bundle folder, e.g. ``["train.json", "evaluate.json"]``.
+        has_test: whether the run's data set has a test split.
+        placeholder: what to write for the test folder.
+        default_dir: the bundle folder when this process is not the bundle command line.
+    """
+    add = None if has_test else {"test_dir": placeholder}
+    return bundle_command(configs, add=add, default_dir=default_dir)

@@ -35,8 +35,10 @@ def test_no_image_data_is_tracked() -> None:
 
 
 def test_run_outputs_are_ignored_by_git() -> None:
-    """What the documented commands write (bundle_root "." from the repository root) never shows as untracked."""
-    paths = ["models/model.pt", "models/ensemble.ts", "eval/metrics.csv", ".cache/msi_demo/x.png"]
+    """What the documented commands write (the default bundle_root runs/msi or runs/polyp, and an older checkout's
+    ".") never shows as untracked."""
+    paths = ["runs/msi/models/model.pt", "runs/polyp/eval/metrics.csv", "runs/msi/.cache/msi_demo/x.png"]
+    paths += ["models/model.pt", "models/ensemble.ts", "eval/metrics.csv", ".cache/msi_demo/x.png"]
     result = subprocess.run(["git", "check-ignore", *paths], cwd=REPO, capture_output=True, text=True)
     assert result.stdout.split() == paths
     assert subprocess.run(["git", "ls-files", "models", "eval", ".cache"], cwd=REPO, capture_output=True,

@@ -1,18 +1,22 @@
 """Cache folders built atomically: a crash, a kill or a concurrent rank never leaves a half-written folder that looks
-complete, and temporary folders of dead processes are cleaned up."""
+complete, and temporary folders of dead processes are cleaned up; and names for cache folders that are the same in
+every process that builds the same thing (:func:`stable_description`), so a resume finds its cache again."""
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER_NAME", "cache_folder_is_complete", "ensure_cache_folder"]
+__all__ = ["MARKER_NAME", "cache_folder_is_complete", "ensure_cache_folder", "stable_description", "stable_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +95,39 @@ def ensure_cache_folder(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return True
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def stable_description(obj: Any, depth: int = 4) -> Any:
+    """A JSON-able description of ``obj`` that is the same in every process building the same object: its type and
+    public attributes, recursively (``depth`` levels), never a memory address (the default ``repr`` of most MONAI
+    transforms is ``<... object at 0x7f...>``, different in every process).
+    """
+    if obj is None or isinstance(obj, (bool, int, float)):
+        return obj
+    if isinstance(obj, str):
+        return _ADDRESS.sub("", obj)
+    if isinstance(obj, enum.Enum):
+        return f"{type(obj).__name__}.{obj.name}"
+    if isinstance(obj, Mapping):
+        return {str(k): stable_description(v, depth - 1) for k, v in obj.items()} if depth > 0 else type(obj).__name__
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
+        return [stable_description(v, depth - 1) for v in items] if depth > 0 else type(obj).__name__
+    kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
+    if callable(obj) and hasattr(obj, "__qualname__"):  # functions and classes
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    attributes = getattr(obj, "__dict__", None)
+    if attributes is None or depth <= 0:
+        text = _ADDRESS.sub("", repr(obj))
+        return text if text and not text.startswith("<") else kind
+    public = {k: v for k, v in sorted(attributes.items()) if not k.startswith("_")}
+    return {"type": kind, **{k: stable_description(v, depth - 1) for k, v in public.items()}}
+
+
+def stable_name(parts: Iterable[Any], length: int = 12) -> str:
+    """A short hex name for what ``parts`` describe (:func:`stable_description` of each)."""
+    text = json.dumps([stable_description(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]

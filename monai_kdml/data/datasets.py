@@ -9,8 +9,6 @@ scaling to [0, 1]) runs per epoch. :func:`cached_dataset` then picks MONAI's ``C
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +19,7 @@ from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 from monai.utils import look_up_option
 
+from monai_kdml.data.cache import stable_name
 from monai_kdml.memory import GIB, available_memory
 from monai_kdml.progress import on_terminal
 
@@ -121,7 +120,7 @@ def cached_dataset(
     if cache_dir is None:
         raise ValueError("`cache`: 'disk' needs the bundle's `cache_dir`.")
     # one folder per transform chain, so a changed image size never reads tensors cached for another
-    chain = hashlib.sha1(json.dumps([repr(t) for t in transform.transforms]).encode()).hexdigest()[:12]
+    chain = stable_name(transform.transforms)  # never a repr() with memory addresses: a resume finds it again
     folder = Path(cache_dir) / "persistent" / chain
     logger.info(
         "Caching %d %s on disk in %s (decoded in the first epoch, read back after) ...", len(data), description, folder

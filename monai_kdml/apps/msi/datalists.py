@@ -324,3 +324,17 @@ def evaluation_split(
     else:
         source = str(data.root) if data.test else f"{data.root} (no <COHORT>_TEST folder)"
     return held_out_split(data.test, data.val, source, allow_validation, unit="tiles")
+
+
+def has_test_split(data: MSIDatalists, cohort: str | None = None) -> bool:
+    """Whether the run's data set has a test split that ``evaluate.json`` can score without ``--test_dir``: the demo
+    set, a Kather root with ``<COHORT>_TEST`` folders, or a CSV with ``test`` rows (file names are listed, not read).
+    """
+    if data.is_demo:
+        return True
+    try:
+        if is_label_csv(data.root):
+            return bool(read_label_csv(data.root, data.classes)["test"])
+        return bool(kather_datalist(data.root, "test", cohort, data.classes))
+    except (ValueError, OSError):
+        return False

@@ -245,8 +245,13 @@ class TestBadInput:
 
     def test_a_finished_run_is_not_overwritten(self, msi_bundle, trained: Path) -> None:
         before = (trained / "models" / "model.pt").read_bytes()
+        same = ["--bundle_root", str(trained), "--max_epochs", "1", "--num_students", str(STUDENTS), *TINY]
+        out = msi_bundle.cli(*same, check=False)
+        assert out.returncode != 0 and "Continue it with `--resume true`" in out.stderr.splitlines()[-1]
+        # other settings: --resume true would be refused, so it is not suggested (issue 15 case 24)
         out = msi_bundle.cli("--bundle_root", str(trained), "--max_epochs", "1", *TINY, check=False)
-        assert out.returncode != 0 and "--resume true" in out.stdout + out.stderr
+        last = out.stderr.splitlines()[-1]
+        assert out.returncode != 0 and "`num_students`: trained with 3, configured 2" in last and "--resume" not in last
         assert (trained / "models" / "model.pt").read_bytes() == before
 
     @pytest.mark.parametrize("spelling", ["false", "False"])
