@@ -73,3 +73,22 @@ def test_user_docs_name_no_path_of_the_development_machine() -> None:
         if "../shared/" in line or "/work/" in line
     ]
     assert not found, "\n".join(found)
+
+
+def test_readme_states_one_time_per_main_command() -> None:
+    """One figure per command, as a range with its conditions: the README and the bundle READMEs agree."""
+    ranges = {}
+    for name, path in (("msi", REPO / "README.md"), ("msi", REPO / "bundles/msi/README.md")):
+        found = set(re.findall(r"(\d+(?:\.\d+)?-\d+(?:\.\d+)? minutes) on a 2-core CPU", path.read_text()))
+        assert len(found) == 1, (path, found)
+        ranges.setdefault(name, set()).update(found)
+    assert len(ranges["msi"]) == 1, ranges
+    polyp = set(
+        re.findall(
+            r"(\d+(?:\.\d+)?-\d+(?:\.\d+)? minutes) on a 2-core CPU", (REPO / "bundles/polyp/README.md").read_text()
+        )
+    )
+    assert len(polyp) == 1, polyp
+    for path in (REPO / "README.md", *REPO.glob("bundles/*/README.md")):
+        vague = re.findall(r"about \d+ minutes|\d+-minute (?:main|demo)", path.read_text())
+        assert not vague, (path, vague)
