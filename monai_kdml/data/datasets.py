@@ -20,8 +20,8 @@ from monai.transforms import Compose
 from monai.utils import look_up_option
 
 from monai_kdml.data.cache import stable_name
+from monai_kdml.loop_progress import on_terminal
 from monai_kdml.memory import GIB, available_memory
-from monai_kdml.progress import on_terminal
 
 __all__ = ["CACHE_MODES", "AfterCache", "cached_bytes", "cached_dataset", "choose_cache"]
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from monai_kdml.engines.cohorts import Cohort
+from monai_kdml.engines.cohort_slices import Cohort
 from monai_kdml.keys import TEACHER, TeacherMode
 from monai_kdml.networks.ensemble import unwrap_module
 from monai_kdml.networks.precision import parse_dtype

@@ -15,10 +15,10 @@ from monai.utils import CommonKeys, ForwardMode
 from torch import nn
 from torch.utils.data import DataLoader
 
-from monai_kdml.engines.fast import channels_last_input, resolve_amp, to_channels_last
+from monai_kdml.engines.amp_memory_format import channels_last_input, resolve_amp, to_channels_last
 from monai_kdml.keys import ENSEMBLE, TEACHER, cohort_key, pred_key, student_name, teacher_member_name
-from monai_kdml.networks.cohorts import StudentCohorts
 from monai_kdml.networks.ensemble import StudentEnsemble, unwrap_module
+from monai_kdml.networks.student_cohorts import StudentCohorts
 from monai_kdml.networks.teachers import TeacherEnsemble
 
 if TYPE_CHECKING:

@@ -19,15 +19,15 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from monai_kdml.engines.amp_memory_format import channels_last_input, needs_grad_scaler, resolve_amp, to_channels_last
 from monai_kdml.engines.checks import check_networks, check_output_shapes, check_teacher_dtype
-from monai_kdml.engines.cohorts import detach, loss_entries, make_cohorts, pred_entries
-from monai_kdml.engines.fast import channels_last_input, needs_grad_scaler, resolve_amp, to_channels_last
+from monai_kdml.engines.cohort_slices import detach, loss_entries, make_cohorts, pred_entries
 from monai_kdml.engines.optimizers import trainable_optimizers
 from monai_kdml.keys import TEACHER, Mode, TeacherMode, cohort_key
 from monai_kdml.losses import DistillationLoss
-from monai_kdml.networks.cohorts import StudentCohorts
 from monai_kdml.networks.ensemble import combine_student_logits, unwrap_module
 from monai_kdml.networks.precision import run_in_dtype
+from monai_kdml.networks.student_cohorts import StudentCohorts
 from monai_kdml.networks.teachers import TeacherEnsemble
 from monai_kdml.networks.weights import load_pretrained
 from monai_kdml.options import check_count
@@ -106,7 +106,7 @@ class KDMLTrainer(Trainer):
             autocast is slower than float32 on most CPUs).
         amp_dtype: the autocast dtype: ``"auto"`` (default: ``amp_kwargs["dtype"]`` if given, else bfloat16 where the
             GPU supports it natively, else float16), ``"bfloat16"`` or ``"float16"``. The grad scaler is enabled for
-            float16 only (see :func:`monai_kdml.engines.fast.resolve_amp`).
+            float16 only (see :func:`monai_kdml.engines.amp_memory_format.resolve_amp`).
         channels_last: convert the networks' weights once to ``torch.channels_last`` (``channels_last_3d`` for 3-D
             networks) and every batch's inputs in each iteration; faster convolutions on tensor-core GPUs, same
             values.

@@ -2,7 +2,7 @@
 guard, per-epoch seeding, progress and summaries, grouped TensorBoard curves and named output transforms."""
 
 from monai_kdml.handlers.checkpoint import DiskFullError, TrainingCheckpoint, atomic_save, remove_stale_temporaries
-from monai_kdml.handlers.cohorts import (
+from monai_kdml.handlers.cohort_models import (
     COHORTS_DIR,
     CohortCheckpointLoader,
     CohortModelSaver,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import ignite.distributed as idist
 from ignite.engine import Events
 
-from monai_kdml.progress import Progress
+from monai_kdml.loop_progress import Progress
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

@@ -14,7 +14,7 @@ from monai.utils import is_scalar
 
 from monai_kdml.handlers.outputs import loss_terms, split_loss_key, split_metric_key
 from monai_kdml.handlers.progress import add_log_filter
-from monai_kdml.progress import format_duration
+from monai_kdml.loop_progress import format_duration
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

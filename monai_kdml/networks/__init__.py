@@ -1,11 +1,5 @@
 """Networks: the deployable student ensemble, teachers (pretrained, lower precision, ensembles) and the presets."""
 
-from monai_kdml.networks.cohorts import (
-    StudentCohorts,
-    build_cohorts,
-    cohort_ensembles,
-    distributed_students,
-)
 from monai_kdml.networks.ensemble import StudentEnsemble, combine_student_logits, unwrap_module
 from monai_kdml.networks.factories import build_students, build_teacher, teacher_members
 from monai_kdml.networks.precision import parse_dtype, run_in_dtype
@@ -18,6 +12,12 @@ from monai_kdml.networks.presets import (
     get_preset,
 )
 from monai_kdml.networks.registry import Registry
+from monai_kdml.networks.student_cohorts import (
+    StudentCohorts,
+    build_cohorts,
+    cohort_ensembles,
+    distributed_students,
+)
 from monai_kdml.networks.teachers import TeacherEnsemble
 from monai_kdml.networks.weights import CHECKPOINT_KEYS, WeightsSource, apply_key_map, load_pretrained, read_state_dict
 

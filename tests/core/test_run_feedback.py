@@ -30,9 +30,9 @@ from monai_kdml.handlers import (
     total_loss,
 )
 from monai_kdml.keys import network_names
+from monai_kdml.loop_progress import Progress, format_duration
 from monai_kdml.losses import KDMLLoss
 from monai_kdml.metrics import classification_metrics
-from monai_kdml.progress import Progress, format_duration
 
 NAMES = network_names(2)
 

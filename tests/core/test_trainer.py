@@ -347,7 +347,7 @@ class TestAmpDtype:
         [("float16", torch.float16, True), ("fp16", torch.float16, True), ("bfloat16", torch.bfloat16, False)],
     )
     def test_scaler_only_for_float16(self, amp_dtype, expected, scaler) -> None:
-        from monai_kdml.engines.fast import needs_grad_scaler, resolve_amp
+        from monai_kdml.engines.amp_memory_format import needs_grad_scaler, resolve_amp
 
         use_amp, kwargs = resolve_amp(True, amp_dtype, None, self.cuda)
         assert use_amp and kwargs == {"dtype": expected}
@@ -355,7 +355,7 @@ class TestAmpDtype:
 
     @pytest.mark.parametrize(("bf16", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
     def test_auto_is_bfloat16_where_supported(self, monkeypatch, bf16, expected) -> None:
-        from monai_kdml.engines.fast import resolve_amp
+        from monai_kdml.engines.amp_memory_format import resolve_amp
 
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
         assert resolve_amp(True, "auto", None, self.cuda) == (True, {"dtype": expected})
@@ -363,7 +363,7 @@ class TestAmpDtype:
         assert resolve_amp(True, "auto", {"dtype": torch.float16}, self.cuda)[1]["dtype"] == torch.float16
 
     def test_cpu_ignores_amp_and_its_dtype(self) -> None:
-        from monai_kdml.engines.fast import needs_grad_scaler, resolve_amp
+        from monai_kdml.engines.amp_memory_format import needs_grad_scaler, resolve_amp
 
         use_amp, kwargs = resolve_amp(True, "bfloat16", None, torch.device("cpu"))
         assert not use_amp and kwargs == {} and not needs_grad_scaler(use_amp, kwargs)
@@ -374,7 +374,7 @@ class TestAmpDtype:
             make_trainer(toy, amp=True, amp_dtype=bad)
 
     def test_contradicting_amp_kwargs(self) -> None:
-        from monai_kdml.engines.fast import resolve_amp
+        from monai_kdml.engines.amp_memory_format import resolve_amp
 
         with pytest.raises(ValueError, match="contradicts `amp_kwargs`"):
             resolve_amp(True, "bfloat16", {"dtype": torch.float16}, self.cuda)
@@ -392,7 +392,7 @@ class TestAmpDtype:
 
 def test_bundle_switches_read_fire_strings_and_name_bad_values() -> None:
     from monai_kdml.bundle import check_loader_workers, flag
-    from monai_kdml.engines.fast import resolve_amp
+    from monai_kdml.engines.amp_memory_format import resolve_amp
 
     # python-fire passes `--amp false` on as the string "false", which would count as set
     assert flag("false", "amp") is False and flag("True", "amp") is True and flag(False, "amp") is False

@@ -25,7 +25,7 @@ from PIL import Image
 
 from monai_kdml.apps.msi.demo_render import KATHER_MICRONS_PER_PIXEL, render_msi_tile
 from monai_kdml.data.cache import cache_folder_is_complete, ensure_cache_folder
-from monai_kdml.progress import Progress
+from monai_kdml.loop_progress import Progress
 
 __all__ = [
     "GENERATOR_VERSION",

@@ -34,9 +34,9 @@ from monai_kdml.apps.msi.slide_report import (
 )
 from monai_kdml.apps.msi.slides import SlideError, SlidePlan, SlideSource, list_slides, plan_slide
 from monai_kdml.data.datasets import AfterCache
+from monai_kdml.loop_progress import Progress
 from monai_kdml.metrics import student_disagreement
 from monai_kdml.networks.ensemble import StudentEnsemble
-from monai_kdml.progress import Progress
 
 __all__ = ["SLIDE_COLUMNS", "SlideInference", "slide_tile_transform"]
 

@@ -27,7 +27,7 @@ from PIL import Image
 from skimage import filters, measure, morphology, transform
 
 from monai_kdml.data.cache import ensure_cache_folder
-from monai_kdml.progress import Progress
+from monai_kdml.loop_progress import Progress
 
 __all__ = ["DEMO_VERSION", "ensure_polyp_demo", "make_polyp_demo", "render_polyp_frame"]
 

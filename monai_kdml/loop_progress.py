@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = ["Progress", "format_duration", "on_terminal"]
 
-_LOGGER = logging.getLogger("monai_kdml.progress")
+_LOGGER = logging.getLogger("monai_kdml.progress")  # the logger name users filter on; kept across the module rename
 
 
 def on_terminal() -> bool:

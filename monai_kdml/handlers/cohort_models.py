@@ -18,7 +18,7 @@ from monai_kdml.handlers.checkpoint import atomic_save, state_tree
 from monai_kdml.handlers.resume import load_checkpoint
 from monai_kdml.handlers.selection import select_best
 from monai_kdml.keys import TEACHER, cohort_key
-from monai_kdml.networks.cohorts import StudentCohorts
+from monai_kdml.networks.student_cohorts import StudentCohorts
 
 if TYPE_CHECKING:
     from monai.engines import Workflow

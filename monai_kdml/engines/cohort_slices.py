@@ -12,7 +12,7 @@ from monai.utils import CommonKeys
 
 from monai_kdml.keys import TEACHER, Mode, cohort_key, loss_key, pred_key, student_name, term_key
 from monai_kdml.losses import LossTerms
-from monai_kdml.networks.cohorts import StudentCohorts
+from monai_kdml.networks.student_cohorts import StudentCohorts
 
 __all__ = ["Cohort", "detach", "loss_entries", "make_cohorts", "pred_entries"]
 
