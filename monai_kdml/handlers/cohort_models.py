@@ -13,12 +13,12 @@ import ignite.distributed as idist
 from ignite.engine import Events
 from torch import nn
 
-from monai_kdml.bundle import write_record
 from monai_kdml.handlers.checkpoint import atomic_save, state_tree
 from monai_kdml.handlers.resume import load_checkpoint
 from monai_kdml.handlers.selection import select_best
 from monai_kdml.keys import TEACHER, cohort_key
 from monai_kdml.networks.student_cohorts import StudentCohorts
+from monai_kdml.record import write_record
 
 if TYPE_CHECKING:
     from monai.engines import Workflow
