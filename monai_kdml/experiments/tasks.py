@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from monai_kdml.experiments.stats import bootstrap, mean_std, roc_auc
-from monai_kdml.handlers.history import ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, cohort_key, student_name
+from monai_kdml.metrics.history_analysis import ensemble_vs_best_student, read_history
 
 __all__ = ["TASKS", "Scale", "Task", "collect_run", "read_metrics", "test_folder", "validation_best_student"]
 

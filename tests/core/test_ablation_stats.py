@@ -19,7 +19,7 @@ from monai_kdml.experiments.stats import (
 )
 from monai_kdml.experiments.tasks import validation_best_student
 from monai_kdml.handlers import select_best
-from monai_kdml.handlers.history import ensemble_vs_best_student
+from monai_kdml.metrics.history_analysis import ensemble_vs_best_student
 
 
 def test_mean_std() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from monai_kdml.handlers.history import ensemble_vs_best_student
 from monai_kdml.keys import (
     ENSEMBLE,
     is_loss_key,
@@ -19,6 +18,7 @@ from monai_kdml.keys import (
     student_name,
     term_key,
 )
+from monai_kdml.metrics.history_analysis import ensemble_vs_best_student
 
 RUNS = {
     "single": network_names(3, teacher_members=2),

@@ -13,10 +13,10 @@ from ignite.engine import Events
 
 from monai_kdml.apps.msi.patients import PATIENT_KEY, PatientScoreOutput, patient_level_scores
 from monai_kdml.data.csv_cells import escape_row
-from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
 from monai_kdml.metrics import compression_table, plot_roc_curves
 from monai_kdml.metrics.classification import class_indices
+from monai_kdml.metrics.history_analysis import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

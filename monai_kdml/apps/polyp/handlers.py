@@ -36,8 +36,8 @@ from monai_kdml.apps.polyp.ensemble import fuse_detections
 from monai_kdml.apps.polyp.transforms import box_to_original
 from monai_kdml.data.csv_cells import escape_rows
 from monai_kdml.data.images import to_rgb
-from monai_kdml.handlers.history import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 from monai_kdml.keys import ENSEMBLE, pred_key, split_cohort
+from monai_kdml.metrics.history_analysis import ensemble_verdict_lines, ensemble_vs_best_student, read_history
 
 if TYPE_CHECKING:
     from ignite.engine import Engine

@@ -11,8 +11,8 @@ from monai.data import MetaTensor
 
 from monai_kdml.apps.msi.patients import patient_level_scores
 from monai_kdml.apps.msi.report import ClassificationReport
-from monai_kdml.handlers.history import ensemble_verdict_lines
 from monai_kdml.keys import pred_key
+from monai_kdml.metrics.history_analysis import ensemble_verdict_lines
 
 
 def _scored(patients: list[str], labels: list[int]) -> list[dict]:
