@@ -94,7 +94,7 @@ def _shapes(x: Any) -> Any:
     return type(x).__name__
 
 
-def check_output_shapes(teacher_pred: Any, student_preds: list, names: list[str]) -> None:
+def check_output_shapes(teacher_pred: Any, student_preds: list[Any], names: list[str]) -> None:
     expected = _shapes(teacher_pred)
     for name, pred in zip(names, student_preds, strict=True):
         if _shapes(pred) != expected:

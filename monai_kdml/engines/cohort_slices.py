@@ -53,7 +53,7 @@ def detach(x: Any) -> Any:
     return x
 
 
-def pred_entries(teacher_pred: Any, student_preds: list, cohorts: list[Cohort]) -> dict:
+def pred_entries(teacher_pred: Any, student_preds: list[Any], cohorts: list[Cohort]) -> dict[str, Any]:
     entries = {pred_key(TEACHER): detach(teacher_pred)}
     for cohort in cohorts:
         preds = student_preds[cohort.start : cohort.stop]

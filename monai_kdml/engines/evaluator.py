@@ -78,7 +78,7 @@ class KDMLEvaluator(Evaluator):
     def __init__(
         self,
         device: torch.device | str,
-        val_data_loader: Iterable | DataLoader,
+        val_data_loader: Iterable[Any] | DataLoader[Any],
         teacher: nn.Module,
         students: Sequence[nn.Module] | StudentCohorts,
         ensemble: nn.Module | Sequence[nn.Module] | None = None,
@@ -87,25 +87,25 @@ class KDMLEvaluator(Evaluator):
         cohorts: Sequence[str] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
-        iteration_update: Callable | None = None,
+        prepare_batch: Callable[..., Any] = default_prepare_batch,
+        iteration_update: Callable[..., Any] | None = None,
         inferer: Inferer | None = None,
         postprocessing: Transform | None = None,
         key_val_metric: dict[str, Metric] | None = None,
         additional_metrics: dict[str, Metric] | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        val_handlers: Sequence | None = None,
+        metric_cmp_fn: Callable[..., Any] = default_metric_cmp_fn,
+        val_handlers: Sequence[Any] | None = None,
         amp: bool = False,
         amp_dtype: torch.dtype | str | None = "auto",
         channels_last: bool = False,
         compile: bool = False,
-        compile_kwargs: dict | None = None,
+        compile_kwargs: dict[str, Any] | None = None,
         mode: ForwardMode | str = ForwardMode.EVAL,
         event_names: list[str | EventEnum | type[EventEnum]] | None = None,
-        event_to_attr: dict | None = None,
+        event_to_attr: dict[Any, str] | None = None,
         decollate: bool = True,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
+        to_kwargs: dict[str, Any] | None = None,
+        amp_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(students, StudentCohorts) and cohorts is not None:
             raise ValueError("`students` is a StudentCohorts: it names its cohorts; leave `cohorts` out.")
@@ -172,7 +172,7 @@ class KDMLEvaluator(Evaluator):
         """``[teacher, *students]``, the networks run once per batch."""
         return [self.teacher, *self.students]
 
-    def _iteration(self, engine: KDMLEvaluator, batchdata: dict[str, Any]) -> dict:  # type: ignore[override]
+    def _iteration(self, engine: KDMLEvaluator, batchdata: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
         """Predictions of every network and of the ensemble for one batch; returns ``engine.state.output``."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")

@@ -126,7 +126,7 @@ class KDMLTrainer(Trainer):
         self,
         device: str | torch.device,
         max_epochs: int,
-        train_data_loader: Iterable | DataLoader,
+        train_data_loader: Iterable[Any] | DataLoader[Any],
         teacher: nn.Module,
         students: Sequence[nn.Module] | StudentCohorts,
         student_optimizers: Sequence[Optimizer],
@@ -136,30 +136,30 @@ class KDMLTrainer(Trainer):
         teacher_mode: TeacherMode | str = TeacherMode.ONLINE,
         teacher_checkpoint: str | Path | None = None,
         teacher_dtype: torch.dtype | str | None = None,
-        combine: Callable[[list], Any] | None = None,
+        combine: Callable[[list[Any]], Any] | None = None,
         cohorts: Sequence[Mode | str] | None = None,
         student_transform: Callable[[Any], Any] | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
-        prepare_batch: Callable = default_prepare_batch,
+        prepare_batch: Callable[..., Any] = default_prepare_batch,
         iteration_update: Callable[[Engine, Any], Any] | None = None,
         inferer: Inferer | None = None,
         postprocessing: Transform | None = None,
         key_train_metric: dict[str, Metric] | None = None,
         additional_metrics: dict[str, Metric] | None = None,
-        metric_cmp_fn: Callable = default_metric_cmp_fn,
-        train_handlers: Sequence | None = None,
+        metric_cmp_fn: Callable[..., Any] = default_metric_cmp_fn,
+        train_handlers: Sequence[Any] | None = None,
         amp: bool = False,
         amp_dtype: torch.dtype | str | None = "auto",
         channels_last: bool = False,
         event_names: list[str | EventEnum | type[EventEnum]] | None = None,
-        event_to_attr: dict | None = None,
+        event_to_attr: dict[Any, str] | None = None,
         decollate: bool = True,
         optim_set_to_none: bool = False,
-        to_kwargs: dict | None = None,
-        amp_kwargs: dict | None = None,
+        to_kwargs: dict[str, Any] | None = None,
+        amp_kwargs: dict[str, Any] | None = None,
         compile: bool = False,
-        compile_kwargs: dict | None = None,
+        compile_kwargs: dict[str, Any] | None = None,
     ) -> None:
         # a StudentCohorts was built (and checked) once, with its mode and cohorts
         given = cohorts is not None or (
@@ -251,7 +251,7 @@ class KDMLTrainer(Trainer):
         # skip Trainer.run, which would replace the (resumable) grad scaler with a fresh one on every call
         Workflow.run(self)
 
-    def _iteration(self, engine: KDMLTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+    def _iteration(self, engine: KDMLTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One iteration for every network; returns ``engine.state.output`` (keys in the class docstring)."""
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
@@ -335,7 +335,7 @@ class KDMLTrainer(Trainer):
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
-    def _student_inputs(self, inputs: Any) -> list:
+    def _student_inputs(self, inputs: Any) -> list[Any]:
         """``[inputs]``, or one fresh ``student_transform`` view per student position of a cohort."""
         if self.student_transform is None:
             return [inputs]
@@ -343,13 +343,13 @@ class KDMLTrainer(Trainer):
         with torch.no_grad():
             return [self.student_transform(inputs) for _ in range(size)]
 
-    def state_dict(self) -> OrderedDict:
+    def state_dict(self) -> OrderedDict[str, Any]:
         """Ignite's engine state (iteration, epoch, ...) plus the AMP grad scaler, so a resumed run is exact."""
         state = super().state_dict()
         state["grad_scaler"] = self.grad_scaler.state_dict()
         return state
 
-    def load_state_dict(self, state_dict: Mapping) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         state = dict(state_dict)
         scaler_state = state.pop("grad_scaler", None)
         super().load_state_dict(state)

@@ -87,10 +87,12 @@ def run_in_dtype(network: nn.Module, dtype: torch.dtype | str) -> nn.Module:
         setattr(network, _HOOKS_ATTR, ())
         return network
 
-    def cast_inputs(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def cast_inputs(
+        _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return _cast(args, low), _cast(kwargs, low)
 
-    def cast_outputs(_module: nn.Module, _args: tuple, output: Any) -> Any:
+    def cast_outputs(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> Any:
         return _cast(output, torch.float32, only_from=low)
 
     handles = (

@@ -20,7 +20,7 @@ from monai_kdml.keys import Mode, parse_cohorts
 __all__ = ["StudentCohorts", "build_cohorts", "cohort_ensembles", "distributed_students"]
 
 
-class StudentCohorts(list):
+class StudentCohorts(list[nn.Module]):
     """Every student of a run, cohort by cohort (a ``list``, so checkpoints and loops see the flat students), that
     also knows its groups: ``groups`` maps each cohort's name (``None`` in a single-mode run) to its ``K`` students.
 
