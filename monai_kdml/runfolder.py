@@ -104,6 +104,7 @@ class RunFolder:
         self.record = None if record is None else dict(record)
         self._locks: list[FileLock] = []
         self._before: set[Path] = set()
+        self._created: list[Path] = []  # folders this run made, removed at close if it wrote nothing into them
 
     # -------------------------------------------------------------- 1-4
     def open(self) -> RunFolder:
@@ -145,6 +146,20 @@ class RunFolder:
             Path(f"{lock.lock_file}.json").unlink(missing_ok=True)
             lock.release()
         self._locks = []
+        self._remove_unused_folders()
+
+    def _remove_unused_folders(self) -> None:
+        """Remove the folders this run created and left empty but for its lock and manifest (a run refused before it
+        wrote anything there, e.g. by the data pre-flight)."""
+        for folder in sorted(self._created, key=lambda p: len(p.parts), reverse=True):
+            try:
+                if {p.name for p in folder.iterdir()} <= {LOCK_NAME, MANIFEST_NAME}:
+                    for name in (LOCK_NAME, MANIFEST_NAME):
+                        (folder / name).unlink(missing_ok=True)
+                    folder.rmdir()
+            except OSError:  # not empty, or gone: leave it
+                pass
+        self._created = []
 
     # -------------------------------------------------------------- helpers
     def _check_paths(self) -> None:
@@ -171,7 +186,9 @@ class RunFolder:
             "command": " ".join(getattr(sys, "orig_argv", sys.argv)),
         }
         for folder in self._folders():
+            missing = [p for p in (folder, *folder.parents) if not p.exists()]
             folder.mkdir(parents=True, exist_ok=True)
+            self._created.extend(m for m in missing if m not in self._created)
             # one lock object per path in a process: in-process workflows (tests, notebooks) run one after another
             lock = FileLock(str(folder / LOCK_NAME), timeout=0, is_singleton=True)
             try:

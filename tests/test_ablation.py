@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from monai_kdml.data.evaluation import external_report_name
 from monai_kdml.experiments import provenance
 from monai_kdml.experiments.ablation import Ablation, StaleRunError, cli_value, main
 
@@ -49,7 +50,8 @@ def test_a_run_is_summarised(grid: Path) -> None:
     assert run["overrides"]["train"]["cohorts"] == ["independent", "kdml"] and run["seconds"]["train"] > 0
     # the external test cohort of fresh patients was scored, the tile AUC bootstrapped by patient
     assert run["overrides"]["evaluate"]["test_dir"].endswith("external-test/msi/msi_demo/CRC_DX_TEST")
-    assert (grid / "runs" / "tiny-grid" / "msi" / "demo" / "base" / "seed0" / "eval" / "external_CRC_DX_TEST").is_dir()
+    seed0 = grid / "runs" / "tiny-grid" / "msi" / "demo" / "base" / "seed0"
+    assert (seed0 / "eval" / external_report_name(run["overrides"]["evaluate"]["test_dir"])).is_dir()
     assert run["settings"]["scale"] == "tiny" and run["commit"] and run["versions"]["monai"]
     # never weights or images among what is meant to be committed
     assert sorted(p.suffix for p in (grid / "results").rglob("*") if p.is_file()) == sorted(

@@ -68,12 +68,13 @@ class Task:
 
 
 def test_folder(run_dir: str | Path) -> Path:
-    """The run's test evaluation: ``eval/test`` (the data set's test split) or the one ``eval/external_<name>``
-    folder an external cohort (``--test_dir``) was scored into."""
+    """The run's test evaluation: ``eval/test`` (the data set's test split) or the ``eval/external_*`` folder an
+    external cohort (``--test_dir``) was last scored into."""
     run_dir = Path(run_dir)
     external = sorted((run_dir / "eval").glob("external_*"))
-    if not (run_dir / "eval" / "test").is_dir() and len(external) == 1:
-        return external[0]
+    if not (run_dir / "eval" / "test").is_dir() and external:
+        # the newest scoring: a run resumed in a copied folder scores the cohort at its new path into a new folder
+        return max(external, key=lambda p: (p / "metrics.csv").stat().st_mtime if (p / "metrics.csv").is_file() else 0)
     return run_dir / "eval" / "test"
 
 

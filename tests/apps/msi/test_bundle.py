@@ -84,6 +84,7 @@ def test_train_writes_checkpoints_events_and_metrics(trained: Path) -> None:
         "num_students": STUDENTS, "num_classes": 2, "combine": "mean", "image_size": 32, "teacher_members": 0,
         "class_names": [["MSS", "nonMSIH"], ["MSI", "MSIMUT", "MSIH"]], "positive_class": "MSI",
         "tile_mpp": pytest.approx(8.0),  # the demo's 224 px tiles at 256/224 um/px, resized to 32 px
+        "mode": "kdml", "cohorts": None, "seed": 0, "data": "synthetic demo data",  # what a resume must match
     }  # fmt: skip
 
 
