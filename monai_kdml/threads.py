@@ -76,6 +76,9 @@ def restart_with_passive_waits() -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    # MONAI's config-security warning was shown in this start already: the restarted command need not repeat it
+    warnings = [w for w in (env.get("PYTHONWARNINGS", ""), "ignore:parsing config_file:UserWarning") if w]
+    env["PYTHONWARNINGS"] = ",".join(warnings)
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
