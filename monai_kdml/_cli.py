@@ -87,7 +87,7 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def set_error_log(folder: str | os.PathLike) -> None:
+def set_error_log(folder: str | os.PathLike[str]) -> None:
     """Write tracebacks to ``folder`` from now on (a run calls it once its own output folder is locked)."""
     _LOG["folder"], _LOG["file"] = str(folder), None
 
