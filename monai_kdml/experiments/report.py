@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from monai_kdml.data.csv_cells import escape_rows
-from monai_kdml.experiments.stats import mean_std, min_detectable_difference, paired_differences, paired_t_interval
+from monai_kdml.experiments.protocol_report import protocol_section
+from monai_kdml.experiments.stats import mean_std, min_detectable_difference, paired_differences
 from monai_kdml.experiments.tasks import REFERENCE, TASKS, Task
 from monai_kdml.keys import ENSEMBLE
 
@@ -32,7 +33,6 @@ ROLE_LABELS = {
     "oracle_student": "oracle student (best on test)",
     "mean_student": "mean student",
 }
-TODAY = "today"
 
 
 def load_runs(folder: str | Path) -> list[dict[str, Any]]:
@@ -268,7 +268,7 @@ def _task_report(task: Task, runs: list[dict[str, Any]], folder: Path, costs: Ma
         f"(training + evaluation) on {first['machine']['cpus']} CPUs. Test split; mean ± std over seeds.",
         "",
         *_provenance(runs),
-        *_protocol_section(task, runs),
+        *protocol_section(task, runs),
         "## Student ensemble",
         "",
         *_metric_table(task, cells, ENSEMBLE),
@@ -351,71 +351,6 @@ def _mdd_line(task: Task, cells: Mapping[tuple[str, str], list[dict]]) -> str:
     return (
         head + "alpha 0.05 two-sided, 80 % power, median spread of the paired differences): " + "; ".join(parts) + "."
     )
-
-
-def _seed_values(runs: Sequence[dict], protocol: str, mode: str, metric: str) -> tuple[dict[object, float], bool]:
-    """Per-seed ensemble metric of ``mode`` under ``protocol``; modes a protocol does not re-run (independent, ml)
-    come from today's run of the same seed (bit for bit what they would be). ``(values, borrowed)``."""
-    own: dict[object, float] = {r["seed"]: _value(r, mode, ENSEMBLE, metric) for r in runs
-           if r.get("protocol") == protocol and mode in r["modes"]}  # fmt: skip
-    if own:
-        return own, False
-    today: dict[object, float] = {r["seed"]: _value(r, mode, ENSEMBLE, metric) for r in runs
-             if r.get("protocol") == TODAY and mode in r["modes"]}  # fmt: skip
-    return today, True
-
-
-def _protocol_section(task: Task, runs: Sequence[dict[str, Any]]) -> list[str]:
-    """Mode x protocol: the ensemble's selection metric, and every headline comparison with a paired t-interval over
-    seeds, its p-value and the smallest detectable difference; the number of comparisons is stated."""
-    protocols = [p for p in dict.fromkeys(r.get("protocol") for r in runs) if p]
-    if not protocols:
-        return []
-    m, label = task.selection_metric, task.labels[task.selection_metric]
-    modes = list(dict.fromkeys(mode for r in runs for mode in r["modes"]))
-    header = ["protocol", *modes, "teacher"]
-    rows = []
-    for p in protocols:
-        row = [p]
-        for mode in modes:
-            values, borrowed = _seed_values(runs, p, mode, m)
-            row.append(_fmt(*mean_std(list(values.values()))) + (" (today's)" if borrowed and p != TODAY else ""))
-        row.append(_fmt(*mean_std([_value(r, "-", "teacher", m) for r in runs if r.get("protocol") == p])))
-        rows.append(row)
-    comparisons: list[tuple[str, Mapping[object, float], Mapping[object, float]]] = []
-    for p in protocols:
-        ref, _ = _seed_values(runs, p, REFERENCE, m)
-        for other in [x for x in modes if x != REFERENCE]:
-            comparisons.append((f"{p}: kdml - {other}", ref, _seed_values(runs, p, other, m)[0]))
-    for p in [x for x in protocols if x != TODAY]:
-        for mode in [x for x in ("kd", "kdml") if x in modes]:
-            comparisons.append((f"{mode}: {p} - today", _seed_values(runs, p, mode, m)[0],
-                                _seed_values(runs, TODAY, mode, m)[0]))  # fmt: skip
-    c_rows = []
-    for name, first, second in comparisons:
-        d = paired_differences(first, second)
-        t = paired_t_interval(d["differences"])  # type: ignore[arg-type]
-        mdd = min_detectable_difference(float(d["std"]), len(d["differences"]))  # type: ignore[arg-type]
-        c_rows.append([name, f"{t['mean']:+.4f}", f"[{t['low']:+.4f}, {t['high']:+.4f}]", f"{t['p']:.3f}",
-                       str(t["n"]), f"{mdd:.4f}"])  # fmt: skip
-    k = len(comparisons)
-    return [
-        f"## Mode x protocol: ensemble {label} (test; mean ± std over seeds)",
-        "",
-        *_table(header, rows),
-        "",
-        "Modes a protocol does not re-run (they never read the teacher) are today's runs of the same seeds.",
-        "",
-        f"## Headline comparisons ({k} comparisons; paired over seeds)",
-        "",
-        "Mean paired difference, 95 % paired t-interval over seeds, two-sided p, seeds, and the smallest difference "
-        "this design detects (80 % power, alpha 0.05, from the spread of that difference over seeds). No "
-        f"multiplicity correction: with {k} comparisons, p < {0.05 / max(k, 1):.4f} is the Bonferroni bar. Per-run "
-        "bootstrap intervals (by patient / frame) are in the tables below.",
-        "",
-        *_table(["comparison", "mean", "95 % t-interval", "p", "n", "detectable"], c_rows),
-        "",
-    ]
 
 
 def write_reports(results_dir: str | Path, tasks: Sequence[str], hparams_dir: str | Path | None = None) -> list[Path]:
