@@ -98,8 +98,21 @@ class TeacherStandingGate:
         self.threshold, self.span = threshold, span
         self.start_value = start_value
         self.end_value = float(getattr(target, attribute)) if end_value is None else end_value
-        self.value = start_value
+        self.state_key = f"teacher_gate_{attribute}"
+        self.engine: Engine | None = None
+        self._value = start_value
         self.margins: list[float] = []
+
+    @property
+    def value(self) -> float:
+        """The current value; kept in the trainer's state once attached, so the training checkpoint holds it."""
+        return float(getattr(self.engine.state, self.state_key)) if self.engine is not None else self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        self._value = value
+        if self.engine is not None:
+            setattr(self.engine.state, self.state_key, value)
 
     def gate(self, margin: float) -> float:
         """The value for a teacher margin."""
@@ -108,10 +121,18 @@ class TeacherStandingGate:
         return self.end_value * min(1.0, max(0.0, (margin - self.threshold) / self.span))
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._start)
+        """Register the value as a user key of the trainer's ``state_dict`` (Ignite saves and restores it with the
+        engine, so a resumed run continues with the gate where it was), set it at every epoch start, and update it
+        after each validation."""
+        self.engine = engine
+        if self.state_key not in engine.state_dict_user_keys:
+            engine.state_dict_user_keys.append(self.state_key)
+        self.value = self._value
+        engine.add_event_handler(Events.STARTED, self._apply)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._apply)
         self.evaluator.add_event_handler(Events.COMPLETED, self._update)
 
-    def _start(self, engine: Engine) -> None:
+    def _apply(self, engine: Engine) -> None:
         self.setter(self.value)
 
     def _update(self, evaluator: Engine) -> None:
@@ -127,7 +148,7 @@ class TeacherStandingGate:
                     self.setter.attribute, self.value)  # fmt: skip
 
     def state_dict(self) -> dict[str, float]:
-        """The current value (add the gate to a checkpoint's objects so a resumed run starts where it stopped)."""
+        """The current value (the trainer's checkpoint already holds it through the engine's state)."""
         return {"value": self.value}
 
     def load_state_dict(self, state: Mapping[str, float]) -> None:

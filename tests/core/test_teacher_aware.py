@@ -118,6 +118,29 @@ def test_teacher_standing_gate_follows_the_validation_margin(toy) -> None:
     assert gates[0].state_dict() == {"value": pytest.approx(0.2)}
 
 
+def test_the_gate_value_survives_a_resume_through_the_trainers_state() -> None:
+    """A resumed run starts with the gate of the last validation, not with ``start_value``."""
+    evaluator = Engine(lambda e, b: None)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _metrics(engine: Engine) -> None:
+        engine.state.metrics = {"teacher_auc": 0.73, "student_0_auc": 0.7}  # margin 0.03 of span 0.05: 0.6
+
+    first, loss = Engine(lambda e, b: None), KDMLLoss()
+    TeacherStandingGate(loss, "kd_weight", evaluator, metric="auc", span=0.05).attach(first)
+    first.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(range(1)))
+    first.run(range(2), max_epochs=2)
+    saved = first.state_dict()  # what the training checkpoint holds for the trainer
+    assert saved["teacher_gate_kd_weight"] == pytest.approx(0.6)
+
+    resumed, loss = Engine(lambda e, b: None), KDMLLoss()
+    TeacherStandingGate(loss, "kd_weight", Engine(lambda e, b: None), metric="auc", span=0.05).attach(resumed)
+    resumed.load_state_dict({**saved, "max_epochs": 3})
+    seen = _record(resumed, loss)
+    resumed.run(range(2))
+    assert seen == pytest.approx([0.6, 0.6])
+
+
 def test_teacher_standing_gate_step_and_bad_span() -> None:
     gate = TeacherStandingGate(KDMLLoss(kd_weight=1.5), "kd_weight", Engine(lambda e, b: None), "auc", threshold=0.01)
     assert [gate.gate(m) for m in (-0.1, 0.01, 0.02)] == [0.0, 0.0, 1.5]
