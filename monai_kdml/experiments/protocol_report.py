@@ -13,9 +13,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from monai_kdml.experiments.protocols import PROTOCOLS
 from monai_kdml.experiments.stats import min_detectable_difference, paired_differences, paired_t_interval
 from monai_kdml.experiments.tasks import REFERENCE, Task
-from monai_kdml.keys import ENSEMBLE
+from monai_kdml.keys import ENSEMBLE, Mode
 
 __all__ = ["TODAY", "protocol_section", "seed_values", "validation_winner"]
 
@@ -57,12 +58,17 @@ def seed_values(
     return {r["seed"]: value(r, mode, metric) for r in runs if r.get("protocol") == TODAY and mode in r["modes"]}, True
 
 
+def _ordered(names: set[str], order: Sequence[str]) -> list[str]:
+    """``names`` in ``order``, unknown names last (sorted)."""
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
 def _protocols(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [p for p in dict.fromkeys(r.get("protocol") for r in runs) if p]
+    return _ordered({str(r["protocol"]) for r in runs if r.get("protocol")}, list(PROTOCOLS))
 
 
 def _modes(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    return list(dict.fromkeys(mode for r in runs for mode in r["modes"]))
+    return _ordered({str(mode) for r in runs for mode in r["modes"]}, [str(m) for m in Mode])
 
 
 def _interval(values: Sequence[float], digits: int = 3) -> str:
