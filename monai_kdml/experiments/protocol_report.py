@@ -1,10 +1,10 @@
 """The mode x protocol part of a grid report (issue 17): the protocol chosen on validation, the test tables with
 intervals over seeds, the headline paired comparisons and the training-time cost of each protocol.
 
-The decision rule was written down before any protocol other than today's had a finished run, and it never reads a test
-split: the default protocol is the one
-whose ``kdml`` cohort (the deployed student ensemble) has the highest mean validation ensemble key metric over the
-seeds, the same metric and epoch that model selection keeps (:func:`validation_winner`).
+The decision rule was written down before any protocol other than today's had a finished run, and it never reads a
+test split: the default protocol is the one whose ``kdml`` cohort (the deployed student ensemble) has the highest mean
+validation ensemble key metric over the seeds, the same metric and epoch that model selection keeps
+(:func:`validation_winner`).
 """
 
 from __future__ import annotations
@@ -180,8 +180,9 @@ def protocol_section(task: Task, runs: Sequence[Mapping[str, Any]]) -> list[str]
     return [
         f"## Which protocol? Chosen on validation (ensemble {label} at the epoch model selection kept)",
         "",
-        "Rule (written before any non-today run finished): the default is the protocol whose `kdml` ensemble has the highest mean "
-        "validation key metric over the seeds. No test number enters the choice. Mean [95 % t-interval over seeds].",
+        "Rule (written before any non-today run finished): the default is the protocol whose `kdml` ensemble has the "
+        "highest mean validation key metric over the seeds. No test number enters the choice. Mean [95 % t-interval "
+        "over seeds].",
         "",
         *_table(["protocol", *modes], _mode_table(runs, task, "validation")),
         "",
