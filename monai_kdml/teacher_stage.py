@@ -1,0 +1,120 @@
+"""Offline KD in one command: train the teacher alone first (stage 1), then distil from it frozen (stage 2).
+
+The ``frozen`` protocol of the teacher-protocols grid (``docs/results.md``) took two bundle commands. With
+``--teacher_stage true`` the training bundle runs stage 1 itself, before it builds its networks: the same bundle, the
+same data and overrides, in ``<bundle_root>/teacher_stage/``, with ``--mode independent --num_students 1 --key_metric
+teacher_<metric>`` (one throw-away student; ``models/best_networks.pt`` keeps the teacher of its best validation epoch,
+selected on the teacher's own metric). The cohort run then loads that teacher and keeps it frozen. A finished stage 1
+is reused (``--resume true`` resumes an interrupted one; ``--overwrite true`` trains it again).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
+from monai_kdml.commands import cli_overrides
+
+__all__ = ["STAGE_FOLDER", "stage_one_overrides", "teacher_stage_weights"]
+
+logger = logging.getLogger(__name__)
+
+STAGE_FOLDER = "teacher_stage"
+"""Stage 1's run folder, inside the cohort run's ``bundle_root``."""
+DONE_NAME = "stage.done"
+"""Written in :data:`STAGE_FOLDER` when stage 1 finished."""
+_NOT_REPEATED = ("bundle_root", "ckpt_dir", "output_dir", "teacher_stage", "teacher_mode", "teacher_weights", "mode",
+                 "num_students", "cohorts", "key_metric", "resume", "overwrite")  # fmt: skip
+
+
+def stage_one_overrides(key_metric: str) -> dict[str, Any]:
+    """The overrides that make a training run stage 1: the teacher, selected on ``key_metric`` (``teacher_auc``)."""
+    return {"mode": "independent", "num_students": 1, "cohorts": None, "key_metric": key_metric, "teacher_stage": False}
+
+
+def _config_file() -> str | None:
+    """The first config file of this process's ``python -m monai.bundle`` command line (the training config)."""
+    argv = bundle_cli_argv()
+    if argv is None:
+        return None
+    files = literal(parse_fire_args(argv[1:])[1].get("config_file"))
+    first = files[0] if isinstance(files, (list, tuple)) and files else files
+    return first if isinstance(first, str) and first else None
+
+
+def teacher_stage_weights(
+    enabled: bool,
+    teacher_weights: Any,
+    bundle_root: str | os.PathLike,
+    key_metric: str,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Any:
+    """The teacher weights a training run distils from: ``teacher_weights`` as given, or, when ``enabled``, the
+    teacher of stage 1 (trained first, in a child process, unless already finished).
+
+    Args:
+        enabled: ``teacher_stage``.
+        teacher_weights: the ``teacher_weights`` key (must be ``None`` when ``enabled``).
+        bundle_root: the cohort run's ``bundle_root``; stage 1 runs in ``<bundle_root>/teacher_stage``.
+        key_metric: the teacher's validation metric that selects its epoch, e.g. ``"teacher_auc"``.
+        resume: the run's ``resume`` switch (an interrupted stage 1 continues from its checkpoint).
+        overwrite: the run's ``overwrite`` switch (stage 1 is trained again).
+
+    Raises:
+        ValueError: ``teacher_weights`` given with ``teacher_stage true``.
+        RuntimeError: stage 1 failed (its log is named), or it is not finished and cannot run here: in a
+            multi-process run, or in a process that is not a ``python -m monai.bundle`` command line (stage 1 repeats
+            that command line's overrides; in Python, train it with :func:`stage_one_overrides` and pass its
+            ``best_networks.pt`` as ``teacher_weights`` with ``teacher_mode="frozen"``).
+    """
+    if not enabled:
+        return teacher_weights
+    if teacher_weights is not None:
+        raise ValueError(
+            "`--teacher_stage true` trains its own teacher; drop `--teacher_weights`, or keep it and use "
+            "`--teacher_mode frozen` without the stage."
+        )
+    folder = Path(bundle_root) / STAGE_FOLDER
+    weights, done = folder / "models" / "best_networks.pt", folder / DONE_NAME
+    if done.is_file() and weights.is_file() and not overwrite:
+        logger.info("Teacher stage: reusing the teacher of %s (finished).", weights)
+        return str(weights)
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        raise RuntimeError(
+            f"`--teacher_stage true`: stage 1 ({folder}) is not finished, and a multi-process run cannot train it; "
+            "run the single-process train.json with the same overrides first."
+        )
+    config_file = _config_file()
+    if config_file is None:
+        raise RuntimeError(
+            "`teacher_stage true` runs stage 1 as the same `python -m monai.bundle run` command line; this process is "
+            "not one. Train the teacher with monai_kdml.teacher_stage.stage_one_overrides(...) first, then pass its "
+            "best_networks.pt as teacher_weights with teacher_mode='frozen'."
+        )
+    done.unlink(missing_ok=True)  # ours: written below when this stage finishes
+    started = (folder / "models" / "network.json").is_file() or any((folder / "models").glob("checkpoint*.pt"))
+    overrides = {k: v for k, v in cli_overrides().items() if k not in _NOT_REPEATED}
+    overrides.update({k: str(v) for k, v in stage_one_overrides(key_metric).items()})
+    overrides.update(resume=str(bool(resume and started and not overwrite)), overwrite=str(bool(overwrite)))
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
+    cmd += ["--bundle_root", str(folder)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", value]
+    logger.info("Teacher stage 1 of 2: training the teacher alone in %s ...", folder)
+    result = subprocess.run(cmd, check=False)
+    if result.returncode != 0 or not weights.is_file():
+        raise RuntimeError(
+            f"Teacher stage 1 failed (exit {result.returncode}); its output is above and its logs are in "
+            f"{folder / 'logs'}. Fix it and run the same command again (`--resume true` continues stage 1)."
+        )
+    done.write_text("finished\n")
+    logger.info("Teacher stage 2 of 2: distilling from the frozen teacher of %s.", weights)
+    return str(weights)
