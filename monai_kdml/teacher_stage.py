@@ -14,13 +14,14 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 from monai_kdml.commands import cli_overrides
 
-__all__ = ["STAGE_FOLDER", "stage_one_overrides", "teacher_stage_weights"]
+__all__ = ["STAGE_FOLDER", "run_child", "stage_one_overrides", "teacher_stage_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,24 @@ _NOT_REPEATED = ("bundle_root", "ckpt_dir", "output_dir", "teacher_stage", "teac
 def stage_one_overrides(key_metric: str) -> dict[str, Any]:
     """The overrides that make a training run stage 1: the teacher, selected on ``key_metric`` (``teacher_auc``)."""
     return {"mode": "independent", "num_students": 1, "cohorts": None, "key_metric": key_metric, "teacher_stage": False}
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """Linux: a ``preexec_fn`` that makes the child receive SIGTERM when its parent dies (a killed cohort run must not
+    leave stage 1 running). The C function is looked up here, in the parent, so the child only calls it between fork
+    and exec."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+    import signal
+
+    prctl, sigterm = ctypes.CDLL(None, use_errno=True).prctl, int(signal.SIGTERM)
+    return lambda: prctl(1, sigterm)  # 1 = PR_SET_PDEATHSIG
+
+
+def run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to completion; on Linux the child is terminated if this process dies first (e.g. SIGKILL)."""
+    return subprocess.run(cmd, check=False, preexec_fn=_die_with_parent())
 
 
 def _config_file() -> str | None:
@@ -109,7 +128,7 @@ def teacher_stage_weights(
     for key, value in overrides.items():
         cmd += [f"--{key}", value]
     logger.info("Teacher stage 1 of 2: training the teacher alone in %s ...", folder)
-    result = subprocess.run(cmd, check=False)
+    result = run_child(cmd)
     if result.returncode != 0 or not weights.is_file():
         raise RuntimeError(
             f"Teacher stage 1 failed (exit {result.returncode}); its output is above and its logs are in "
