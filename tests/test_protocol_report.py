@@ -37,9 +37,12 @@ def test_the_default_is_chosen_on_validation_never_on_test() -> None:
     assert means["ramp"] > means["frozen"] > means["today"]
 
 
-def test_a_protocol_missing_seeds_cannot_win() -> None:
+def test_a_protocol_missing_seeds_cannot_win_and_the_choice_says_so() -> None:
     runs = [r for r in _grid() if not (r["protocol"] == "ramp" and r["seed"] == 2)]
     assert validation_winner(MSI, runs)[0] == "frozen"
+    text = "\n".join(protocol_section(MSI, runs))
+    assert "Provisional: ramp still miss seeds" in text
+    assert "Provisional" not in "\n".join(protocol_section(MSI, _grid()))
 
 
 def test_modes_a_protocol_does_not_rerun_are_todays_seeds() -> None:

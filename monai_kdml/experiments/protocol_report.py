@@ -169,11 +169,14 @@ def protocol_section(task: Task, runs: Sequence[Mapping[str, Any]]) -> list[str]
     m, label = task.selection_metric, task.labels[task.selection_metric]
     modes = _modes(runs)
     winner, means = validation_winner(task, runs)
+    incomplete = [p for p in protocols if p not in means]
     choice = (
         f"**Chosen on validation: `{winner}`** (mean validation kdml ensemble {label}: "
         + ", ".join(f"{p} {v:.4f}" for p, v in means.items()) + ")."
         if winner else "No protocol has every seed yet: no choice."
     )  # fmt: skip
+    if winner and incomplete:
+        choice += f" Provisional: {', '.join(incomplete)} still miss seeds and could not be chosen."
     val_comparisons = [c for c in _comparisons(runs, m, "validation") if c[0].startswith("kdml: ")]
     test_comparisons = _comparisons(runs, m, "test")
     k = len(test_comparisons)
