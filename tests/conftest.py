@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,6 +75,26 @@ def _repository_stays_clean():
             + "\n".join(new[:20]),
             pytrace=False,
         )
+
+
+@pytest.fixture(scope="module")
+def module_tmp(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], Path]]:
+    """``module_tmp(name)``: a new folder for a module-scoped fixture, removed when the module ends without a failed
+    test. Each test's ``tmp_path`` goes when it passes (``tmp_path_retention_policy``); without this, the runs the
+    module fixtures train would stay until the session ends (many GB of checkpoints on a small disk)."""
+    made: list[Path] = []
+    failed = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

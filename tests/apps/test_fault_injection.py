@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,9 +64,9 @@ POLYP_TINY = {"preset": "tiny", "image_size": 64, "demo_images": 16, "demo_image
 
 
 @pytest.fixture(scope="module")
-def trained_runs(msi_bundle, polyp_bundle, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained_runs(msi_bundle, polyp_bundle, module_tmp: Callable[[str], Path]) -> dict[str, Path]:
     """One finished tiny run per bundle, whose model.pt / best_networks.pt the hostile tests replace in copies."""
-    roots = {"msi": tmp_path_factory.mktemp("msi_run"), "polyp": tmp_path_factory.mktemp("polyp_run")}
+    roots = {"msi": module_tmp("msi_run"), "polyp": module_tmp("polyp_run")}
     msi_bundle.workflow("train.json", "train", bundle_root=str(roots["msi"]), max_epochs=1, **MSI_TINY)
     polyp_bundle.workflow("train.json", "train", bundle_root=str(roots["polyp"]), max_epochs=1, **POLYP_TINY)
     return roots

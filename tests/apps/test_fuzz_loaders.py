@@ -14,7 +14,7 @@ import json
 import math
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,8 @@ def _report_counts() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
+def scratch(module_tmp: Callable[[str], Path]) -> Path:
+    return module_tmp("fuzz")
 
 
 def _case_dir(scratch: Path) -> Path:

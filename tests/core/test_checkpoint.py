@@ -61,13 +61,13 @@ def sigint(_engine: Any = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(toy_run: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Any]:
+def reference(toy_run: ModuleType, module_tmp: Callable[[str], Path]) -> Callable[[int], Any]:
     """``reference(max_epochs)``: the uninterrupted run's folder and final weights (computed once per length)."""
     cache: dict[int, Any] = {}
 
     def get(max_epochs: int) -> Any:
         if max_epochs not in cache:
-            folder = tmp_path_factory.mktemp(f"reference{max_epochs}")
+            folder = module_tmp(f"reference{max_epochs}")
             run = toy_run.train(folder, max_epochs=max_epochs)
             cache[max_epochs] = (folder / "models", toy_run.weights([run.teacher, *run.students]))
         return cache[max_epochs]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -77,9 +78,9 @@ def run(toy, tmp_path: Path, max_epochs: int = 2, extra: list | None = None, val
 
 
 @pytest.fixture(scope="module")
-def logged(toy, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def logged(toy, module_tmp: Callable[[str], Path]) -> dict:
     """One run, its log records (INFO and up) and its folder."""
-    tmp_path = tmp_path_factory.mktemp("feedback")
+    tmp_path = module_tmp("feedback")
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append  # type: ignore[method-assign]

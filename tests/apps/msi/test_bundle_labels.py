@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +48,9 @@ def _pair_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def three_class_run(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def three_class_run(msi_bundle, module_tmp: Callable[[str], Path]) -> tuple[Path, Path]:
     """One epoch on ``<root>/TISSUE_TRAIN/{normal,adenoma,carcinoma}/`` with a ``TISSUE_TEST`` split beside it."""
-    data = tmp_path_factory.mktemp("tissue")
+    data = module_tmp("tissue")
     _three_class_folders(data / "TISSUE_TRAIN", range(12))
     _three_class_folders(data / "TISSUE_TEST", range(20, 26))
     run = data / "run"

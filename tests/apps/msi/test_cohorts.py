@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,8 @@ MODES = ["independent", "kd", "ml", "kdml"]
 
 
 @pytest.fixture(scope="module")
-def cohort_run(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("msi_cohorts")
+def cohort_run(msi_bundle, module_tmp: Callable[[str], Path]) -> Path:
+    root = module_tmp("msi_cohorts")
     msi_bundle.cli("--bundle_root", str(root), *RUN, "--cohorts", COHORTS)
     return root
 

@@ -11,6 +11,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
-def trained(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(msi_bundle, module_tmp: Callable[[str], Path]) -> Path:
     """One tiny 1-epoch demo run at 32 px, then the bundle's export (as a user runs both)."""
-    root = tmp_path_factory.mktemp("msi_export")
+    root = module_tmp("msi_export")
     train = msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "1", "--num_students", "2", *TINY)
     label = "export to ONNX, .pt2 and TorchScript"  # the command the end-of-run summary prints, run as printed
     line = next(x.strip() for x in (train.stdout + train.stderr).splitlines() if x.strip().startswith(label))

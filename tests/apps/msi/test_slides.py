@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ def aperio(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def halves(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_demo_slide(tmp_path_factory.mktemp("wsi") / "halves.tif", demo_slide_layout(3, 4), 64, MPP, seed=3)
+def halves(module_tmp: Callable[[str], Path]) -> Path:
+    return write_demo_slide(module_tmp("wsi") / "halves.tif", demo_slide_layout(3, 4), 64, MPP, seed=3)
 
 
 def _ensemble() -> StudentEnsemble:

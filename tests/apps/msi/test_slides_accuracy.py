@@ -5,6 +5,7 @@ of a new slide and score slides made mostly of MSI-like tiles above those made m
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +49,8 @@ def _train(slide: Path, cols: int) -> StudentEnsemble:
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
-    root = tmp_path_factory.mktemp("accuracy")
+def scored(module_tmp: Callable[[str], Path]) -> tuple[Path, dict[str, float]]:
+    root = module_tmp("accuracy")
     ensemble = _train(write_demo_slide(root / "train.tif", demo_slide_layout(6, 8), 64, MPP, seed=100), 8)
     slides = [write_demo_slide(root / "test" / "halves.tif", demo_slide_layout(4, 6), 64, MPP, seed=1)]
     for i, kind in enumerate(["mostly_msi", "mostly_mss"] * 2):

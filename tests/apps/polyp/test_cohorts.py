@@ -22,8 +22,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 
 @pytest.fixture(scope="module")
-def cohort_run(polyp_bundle, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("polyp_cohorts")
+def cohort_run(polyp_bundle, module_tmp) -> Path:
+    root = module_tmp("polyp_cohorts")
     polyp_bundle.workflow("train.json", "train", bundle_root=str(root), cohorts=MODES, **RUN)
     return root
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_polyp_demo(tmp_path_factory.mktemp("demo"), 6, image_size=SIZE, seed=3)
+def demo(module_tmp: Callable[[str], Path]) -> Path:
+    return make_polyp_demo(module_tmp("demo"), 6, image_size=SIZE, seed=3)
 
 
 def test_layout_sizes_and_boxes_match_masks(demo: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,9 @@ LOW = {"score_thresh": 0.001, "output_score_thresh": 0.0}  # a 1-epoch detector 
 
 
 @pytest.fixture(scope="module")
-def trained(polyp_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(polyp_bundle, module_tmp: Callable[[str], Path]) -> Path:
     """One tiny 1-epoch run, then the bundle's export with the low score threshold (as a user runs both)."""
-    root = tmp_path_factory.mktemp("polyp_export")
+    root = module_tmp("polyp_export")
     polyp_bundle.workflow("train.json", "train", bundle_root=str(root), max_epochs=1, **TINY)
     out = polyp_bundle.cli(
         "--bundle_root", str(root), "--score_thresh", "0.001", config="inference.json", command="run export"

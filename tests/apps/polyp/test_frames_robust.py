@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,8 +23,8 @@ from monai_kdml.apps.polyp.transforms import polyp_inference_transforms, polyp_v
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_polyp_demo(tmp_path_factory.mktemp("pristine"), 6, image_size=64, seed=3)
+def pristine(module_tmp: Callable[[str], Path]) -> Path:
+    return make_polyp_demo(module_tmp("pristine"), 6, image_size=64, seed=3)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,8 @@ NAMES = [f"demo_{i:04d}" for i in range(4)]
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_polyp_demo(tmp_path_factory.mktemp("pristine"), 4, image_size=96, seed=7)
+def pristine(module_tmp: Callable[[str], Path]) -> Path:
+    return make_polyp_demo(module_tmp("pristine"), 4, image_size=96, seed=7)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,15 @@ NO_AUG = {"flip_prob": 0.0, "rotate90_prob": 0.0, "zoom_prob": 0.0, "intensity_p
 
 
 @pytest.fixture(scope="module")
-def demo_items(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    root = make_polyp_demo(tmp_path_factory.mktemp("demo"), 4, image_size=96, seed=11)
+def demo_items(module_tmp: Callable[[str], Path]) -> list[dict]:
+    root = make_polyp_demo(module_tmp("demo"), 4, image_size=96, seed=11)
     datalist, _ = kvasir_preflight(root)
     return [dict(item, mask=str(root / "masks" / f"{item['id']}.png")) for item in datalist]
 
 
 @pytest.fixture(scope="module")
-def real_items(kvasir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    root = tmp_path_factory.mktemp("kvasir")
+def real_items(kvasir: Path, module_tmp: Callable[[str], Path]) -> list[dict]:
+    root = module_tmp("kvasir")
     for sub in ("images", "masks"):
         (root / sub).mkdir()
         for name in REAL:  # links, not copies: the data stay outside the repository

@@ -182,10 +182,10 @@ def test_sources_read_video_files_and_frame_folders_in_natural_order(tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory) -> Path:
+def tiny_bundle(module_tmp) -> Path:
     """A bundle_root holding untrained tiny networks as if trained (model.pt, best_networks.pt, network.json) and a
     generated 12-frame clip as a video file and as a folder of frames."""
-    root = tmp_path_factory.mktemp("video_bundle")
+    root = module_tmp("video_bundle")
     ensemble = _tiny_ensemble()
     torch.manual_seed(1)
     teacher = TINY.build_teacher()
