@@ -6,6 +6,10 @@ same data and overrides, in ``<bundle_root>/teacher_stage/``, with ``--mode inde
 teacher_<metric>`` (one throw-away student; ``models/best_networks.pt`` keeps the teacher of its best validation epoch,
 selected on the teacher's own metric). The cohort run then loads that teacher and keeps it frozen. A finished stage 1
 is reused (``--resume true`` resumes an interrupted one; ``--overwrite true`` trains it again).
+
+The stage runs only where it matters (:func:`stage_needed`): no ``teacher_weights`` given and some network distils
+from the teacher. Under ``torchrun`` it runs before the process group exists: rank 0 trains it as one process, the
+other ranks wait for it.
 """
 
 from __future__ import annotations
@@ -14,19 +18,23 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from monai_kdml._cli import bundle_cli_argv, literal, parse_fire_args
 from monai_kdml.commands import cli_overrides
+from monai_kdml.keys import Mode, parse_cohorts
 
-__all__ = ["STAGE_FOLDER", "run_child", "stage_one_overrides", "teacher_stage_weights"]
+__all__ = ["STAGE_FOLDER", "run_child", "stage_needed", "stage_one_overrides", "teacher_stage_weights"]
 
 logger = logging.getLogger(__name__)
 
 STAGE_FOLDER = "teacher_stage"
 """Stage 1's run folder, inside the cohort run's ``bundle_root``."""
+STAGE_TWO_MESSAGE = "Teacher stage 2 of 2: distilling from the frozen teacher of"
+"""Logged when stage 1 is finished (what the log says before the cohort run's own epochs)."""
 DONE_NAME = "stage.done"
 """Written in :data:`STAGE_FOLDER` when stage 1 finished."""
 _NOT_REPEATED = ("bundle_root", "ckpt_dir", "output_dir", "teacher_stage", "teacher_mode", "teacher_weights", "mode",
@@ -36,6 +44,36 @@ _NOT_REPEATED = ("bundle_root", "ckpt_dir", "output_dir", "teacher_stage", "teac
 def stage_one_overrides(key_metric: str) -> dict[str, Any]:
     """The overrides that make a training run stage 1: the teacher, selected on ``key_metric`` (``teacher_auc``)."""
     return {"mode": "independent", "num_students": 1, "cohorts": None, "key_metric": key_metric, "teacher_stage": False}
+
+
+def stage_needed(enabled: bool, teacher_weights: Any, mode: str | Mode, cohorts: Sequence[str] | None = None) -> bool:
+    """Whether ``teacher_stage`` trains a teacher for this run: it is on, no ``teacher_weights`` are given (that
+    teacher is used as given, with ``teacher_mode``) and some network distils from the teacher (``mode`` or one of
+    ``cohorts`` is ``kd``/``kdml``). A skipped stage says why in the log."""
+    if not enabled:
+        return False
+    if teacher_weights is not None:
+        logger.info("Teacher stage skipped: `teacher_weights` are given; that teacher is used (teacher_mode applies).")
+        return False
+    modes = parse_cohorts(cohorts) or [Mode.parse(mode)]
+    if not any(m.uses_kd for m in modes):
+        logger.info("Teacher stage skipped: no network of this run distils from the teacher (%s).", ", ".join(modes))
+        return False
+    return True
+
+
+_LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                 "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+"""``torchrun``'s variables, which stage 1 (one process) must not see."""
+
+
+def _wait_for_rank_zero(done: Path, weights: Path, since: float, poll_s: float = 2.0) -> str:
+    """Ranks > 0 under ``torchrun``: wait until rank 0 has finished stage 1 (``done`` written after ``since``); if rank
+    0 fails, ``torchrun`` stops this process."""
+    logger.info("Teacher stage: waiting for rank 0 to train the teacher in %s ...", done.parent)
+    while not (done.is_file() and done.stat().st_mtime >= since and weights.is_file()):
+        time.sleep(poll_s)
+    return str(weights)
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -51,9 +89,9 @@ def _die_with_parent() -> Callable[[], None] | None:
     return lambda: prctl(1, sigterm)  # 1 = PR_SET_PDEATHSIG
 
 
-def run_child(cmd: list[str]) -> subprocess.CompletedProcess:
+def run_child(cmd: list[str], env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``cmd`` to completion; on Linux the child is terminated if this process dies first (e.g. SIGKILL)."""
-    return subprocess.run(cmd, check=False, preexec_fn=_die_with_parent())
+    return subprocess.run(cmd, check=False, env=env, preexec_fn=_die_with_parent())
 
 
 def _config_file() -> str | None:
@@ -108,9 +146,12 @@ def teacher_stage_weights(
 
     if dist.is_available() and dist.is_initialized():
         raise RuntimeError(
-            f"`--teacher_stage true`: stage 1 ({folder}) is not finished, and a multi-process run cannot train it; "
+            f"`--teacher_stage true`: stage 1 ({folder}) is not finished, and it cannot run once the process group "
+            "exists; resolve `distil_teacher_weights` before `init_process_group` (as multi_gpu_train.json does), or "
             "run the single-process train.json with the same overrides first."
         )
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return _wait_for_rank_zero(done, weights, since=time.time() - 1.0)
     config_file = _config_file()
     if config_file is None:
         raise RuntimeError(
@@ -128,12 +169,13 @@ def teacher_stage_weights(
     for key, value in overrides.items():
         cmd += [f"--{key}", value]
     logger.info("Teacher stage 1 of 2: training the teacher alone in %s ...", folder)
-    result = run_child(cmd)
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_ENV}  # rank 0 of torchrun: one process
+    result = run_child(cmd, env)
     if result.returncode != 0 or not weights.is_file():
         raise RuntimeError(
             f"Teacher stage 1 failed (exit {result.returncode}); its output is above and its logs are in "
             f"{folder / 'logs'}. Fix it and run the same command again (`--resume true` continues stage 1)."
         )
     done.write_text("finished\n")
-    logger.info("Teacher stage 2 of 2: distilling from the frozen teacher of %s.", weights)
+    logger.info("%s %s.", STAGE_TWO_MESSAGE, weights)
     return str(weights)

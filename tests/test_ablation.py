@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ def make(tmp_path: Path, runs: str = "runs", **kwargs) -> Ablation:
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("ablation")
+def grid(module_tmp: Callable[[str], Path]) -> Path:
+    root = module_tmp("ablation")
     make(root).run()
     return root
 
@@ -109,10 +110,34 @@ def test_an_interrupted_training_resumes(grid: Path, monkeypatch, tmp_path: Path
     ablation = make(tmp_path)
     ablation.run(report=False)
     assert [c["configs"] for c in calls] == [["train.json"], ["train.json", "evaluate.json"]]
-    assert calls[0]["resume"] is True and "resume" not in calls[1]
+    assert calls[0]["resume"] is True and calls[0]["overwrite"] is False and "resume" not in calls[1]
     assert "Resuming from" in (folder / "train.log").read_text()
     assert json.loads((folder / "timing.json").read_text())["train_s"].__len__() == 2
     assert ablation.done(ablation.specs()[0]) is not None
+
+
+def test_a_start_killed_before_its_first_checkpoint_trains_again(grid: Path, monkeypatch, tmp_path: Path) -> None:
+    """A kill in the first epoch leaves ``network.json`` and no checkpoint: the bundle refuses to resume it and to
+    train over it, so the runner replaces it (``--overwrite true``) instead of failing the grid."""
+    shutil.copytree(grid / "runs", tmp_path / "runs")
+    shutil.copytree(grid / "results", tmp_path / "results")
+    folder = tmp_path / "runs" / "tiny-grid" / "msi" / "demo" / "base" / "seed0"
+    committed = tmp_path / "results" / "tiny-grid" / "msi" / "demo" / "base" / "seed0.json"
+    leftovers = [p for p in (folder / "models").iterdir() if p.name != "network.json"]
+    for path in (folder / "summary.json", folder / "train.done", committed, *leftovers):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    calls: list[dict] = []
+    original = Ablation._bundle
+
+    def spy(self, spec, configs, overrides, log, root=None):
+        calls.append(dict(overrides))
+        return original(self, spec, configs, overrides, log, root)
+
+    monkeypatch.setattr(Ablation, "_bundle", spy)
+    ablation = make(tmp_path)
+    ablation.run(report=False)
+    assert calls[0]["resume"] is False and calls[0]["overwrite"] is True
+    assert any((folder / "models").glob("checkpoint*.pt")) and ablation.done(ablation.specs()[0]) is not None
 
 
 def test_cli_values_and_dry_run(capsys, tmp_path: Path) -> None:
@@ -174,6 +199,9 @@ def test_protocol_runs_train_only_the_distilling_cohorts(tmp_path: Path) -> None
     gate, _ = ablation.overrides(specs["gate"])
     frozen, _ = ablation.overrides(specs["frozen"])
     assert today["cohorts"] == ["independent", "kd", "ml", "kdml"] and "kd_ramp_epochs" not in today
+    # the one-stage protocols keep the online teacher whatever the bundle's default; frozen gives its teacher
+    assert today["teacher_stage"] is ramp["teacher_stage"] is gate["teacher_stage"] is False
+    assert "teacher_stage" not in frozen
     assert ramp["cohorts"] == ["kd", "kdml"] and ramp["kd_ramp_epochs"] == 10 and ramp["ramp_shape"] == "cosine"
     assert gate["teacher_gate"] is True and gate["kd_gate"] == "correct"
     assert frozen["teacher_mode"] == "frozen"

@@ -47,6 +47,7 @@ from monai_kdml.experiments.protocols import PROTOCOLS, protocol_cohorts, teache
 from monai_kdml.experiments.provenance import code_commit, default_bundles, library_versions, package_root
 from monai_kdml.experiments.tasks import TASKS, Task, collect_run, test_folder
 from monai_kdml.keys import Mode, parse_cohorts
+from monai_kdml.teacher_stage import STAGE_TWO_MESSAGE
 
 __all__ = ["Ablation", "RunSpec", "StaleRunError", "cli_value", "default_bundles", "main"]
 
@@ -354,14 +355,11 @@ class Ablation:
         self.ensure_external_test(spec.task)
         if spec.protocol is not None and PROTOCOLS[spec.protocol].two_stage:
             timing["teacher_s"] = self._train_teacher(spec)
-        models = folder / "models"
         if not (folder / "train.done").is_file():
-            started = any(models.glob("checkpoint*.pt")) or (models / "network.json").is_file()
-            if started:
+            restart = _restart(folder / "models")
+            if restart["resume"]:
                 logger.info("%s: resuming the interrupted training.", spec.key)
-            timing["train_s"].append(
-                self._bundle(spec, ["train.json"], {**train, "resume": started}, folder / "train.log")
-            )
+            timing["train_s"].append(self._bundle(spec, ["train.json"], {**train, **restart}, folder / "train.log"))
             timing_path.write_text(json.dumps(timing))
             (folder / "train.done").write_text("ok\n")
         timing["evaluate_s"].append(
@@ -407,9 +405,7 @@ class Ablation:
         timing = folder / "timing.json"
         if (folder / "train.done").is_file():
             return float(json.loads(timing.read_text())["train_s"]) if timing.is_file() else 0.0
-        models = folder / "models"
-        started = any(models.glob("checkpoint*.pt")) or (models / "network.json").is_file()
-        overrides = {**self.teacher_overrides(spec), "resume": started}
+        overrides = {**self.teacher_overrides(spec), **_restart(folder / "models")}
         seconds = self._bundle(spec, ["train.json"], overrides, folder / "train.log", root=folder)
         timing.write_text(json.dumps({"train_s": seconds, "commit": self.commit}))
         (folder / "train.done").write_text("ok\n")
@@ -464,17 +460,27 @@ class Ablation:
         return write_reports(self.results_dir, [t.name for t in self.tasks], hparams_dir=self.runs_dir / "hparams")
 
 
+def _restart(models: Path) -> dict[str, bool]:
+    """How the runner (re)starts a training in its own run folder: ``resume`` from a checkpoint; ``overwrite`` when a
+    killed start left files (``network.json``) but no checkpoint, which the bundle would refuse both to resume and to
+    train over."""
+    resume = any(models.glob("checkpoint*.pt"))
+    return {"resume": resume, "overwrite": not resume and any(models.glob("*"))}
+
+
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 def _epoch_seconds(log: Path) -> list[float]:
-    """The trainer's ``Epoch[N] Complete. Time taken: HH:MM:SS.fff`` lines of a training log, in seconds."""
+    """The trainer's ``Epoch[N] Complete. Time taken: HH:MM:SS.fff`` lines of a training log, in seconds (of the
+    cohort run only: a bundle's teacher stage logs its own epochs into the same output first)."""
     import re
 
     pattern = re.compile(r"KDMLTrainer - INFO - Epoch\[\d+\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
     text = log.read_text(errors="replace") if log.is_file() else ""
+    text = text.rsplit(STAGE_TWO_MESSAGE, 1)[-1]
     return [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s in pattern.findall(text)]
 
 

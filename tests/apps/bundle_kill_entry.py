@@ -31,7 +31,7 @@ def train(workdir: str, resume: bool = False, seed: int = 0, bundle: str = "msi"
         config_file=str(BUNDLES / bundle / "train.json"),
         workflow_type="train",
         logging_file=False,
-        **{**TINY[bundle], "bundle_root": workdir, "resume": resume, "seed": seed, **overrides},
+        **{**TINY[bundle], "teacher_stage": False, "bundle_root": workdir, "resume": resume, "seed": seed, **overrides},
     )
     workflow.initialize()
     workflow.run()

@@ -22,6 +22,10 @@ CHILD_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFF
 class BundleRunner:
     """One of the repository's bundles (``bundles/<name>``), run from the repository root.
 
+    Training runs get ``teacher_stage false`` unless a test sets it or asks for ``bundle_defaults``: most tests are
+    about checkpoints, data and logs, which the one-stage online run exercises in half the time; the default two-stage
+    path has its own tests (``test_teacher_stage.py``).
+
     Args:
         name: ``"msi"`` or ``"polyp"``.
     """
@@ -45,10 +49,12 @@ class BundleRunner:
         check: bool = True,
         timeout: float = 600,
         env: dict[str, str] | None = None,
+        bundle_defaults: bool = False,
     ) -> subprocess.CompletedProcess:
         """``python -m monai.bundle <command> --config_file ... <args>`` (``torchrun`` with ``torchrun`` ranks).
 
-        ``command`` may carry positional arguments, e.g. ``"ckpt_export network_def"``.
+        ``command`` may carry positional arguments, e.g. ``"ckpt_export network_def"``; ``bundle_defaults`` keeps the
+        bundle's ``teacher_stage``.
 
         Returns the finished process (stdout and stderr captured as text); ``check`` raises with the log tail.
         """
@@ -56,6 +62,9 @@ class BundleRunner:
         if torchrun:
             port = str(29500 + os.getpid() % 400)  # xdist workers must not share a rendezvous port
             launcher += ["torch.distributed.run", f"--nproc_per_node={torchrun}", f"--master_port={port}", "-m"]
+        names = [config] if isinstance(config, str) else list(config)
+        if command == "run" and names[0] == "train.json" and not bundle_defaults and not _sets("teacher_stage", args):
+            args = (*args, "--teacher_stage", "false")
         cmd = [*launcher, "monai.bundle", *command.split(), "--config_file", self.config_arg(config), *args]
         result = subprocess.run(
             cmd, cwd=REPO, env={**os.environ, **CHILD_ENV, **(env or {})}, capture_output=True, text=True,
@@ -68,8 +77,12 @@ class BundleRunner:
     def workflow(
         self, config: str | Sequence[str] = "train.json", workflow_type: str = "train", run: bool = True, **override
     ) -> ConfigWorkflow:
-        """The bundle in-process: initialise (checking its properties), run and finalise; returns the workflow."""
+        """The bundle in-process: initialise (checking its properties), run and finalise; returns the workflow.
+
+        ``teacher_stage`` is false unless given: stage 1 runs only from a ``python -m monai.bundle`` command line."""
         names = [config] if isinstance(config, str) else list(config)
+        if names[0] == "train.json":
+            override.setdefault("teacher_stage", False)
         files = [str(self.dir / c) for c in names]
         workflow = ConfigWorkflow(
             config_file=files if len(files) > 1 else files[0],
@@ -84,6 +97,11 @@ class BundleRunner:
             workflow.run()
             workflow.finalize()
         return workflow
+
+
+def _sets(key: str, args: Sequence[str]) -> bool:
+    """Whether command-line ``args`` set ``--key`` (``--key value`` or ``--key=value``)."""
+    return any(a == f"--{key}" or a.startswith(f"--{key}=") for a in args)
 
 
 @pytest.fixture(scope="session")

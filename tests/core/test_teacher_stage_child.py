@@ -1,4 +1,5 @@
-"""Stage 1 of ``--teacher_stage`` runs as a child process: it must not outlive a killed parent."""
+"""Stage 1 of ``--teacher_stage`` runs as a child process: it must not outlive a killed parent; it runs only where a
+network distils from the teacher and no teacher is given; under ``torchrun`` the ranks above 0 wait for rank 0's."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from monai_kdml.teacher_stage import DONE_NAME, stage_needed, teacher_stage_weights
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
@@ -38,3 +41,40 @@ def test_the_child_dies_with_a_killed_parent(tmp_path: Path) -> None:
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("stage 1's process outlived its killed parent")
+
+
+@pytest.mark.parametrize(
+    ("enabled", "weights", "mode", "cohorts", "needed"),
+    [
+        (True, None, "kdml", None, True),
+        (True, None, "kd", None, True),
+        (False, None, "kdml", None, False),
+        (True, "t.pt", "kdml", None, False),
+        (True, None, "independent", None, False),
+        (True, None, "ml", None, False),
+        (True, None, "kdml", ["independent", "ml"], False),
+        (True, None, "independent", ["independent", "kd"], True),
+    ],
+)
+def test_the_stage_runs_only_where_a_network_distils(enabled, weights, mode, cohorts, needed) -> None:
+    assert stage_needed(enabled, weights, mode, cohorts) is needed
+
+
+def test_ranks_above_zero_wait_for_rank_zeros_stage(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    folder = tmp_path / "teacher_stage"
+    (folder / "models").mkdir(parents=True)
+    (folder / DONE_NAME).write_text("finished\n")  # an earlier stage, replaced by --overwrite true: not waited for
+    os.utime(folder / DONE_NAME, (0, 0))
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time, pathlib
+        time.sleep(1.5)
+        folder = pathlib.Path({str(folder)!r})
+        (folder / "models" / "best_networks.pt").write_bytes(b"weights")
+        (folder / {DONE_NAME!r}).write_text("finished")
+    """)])  # fmt: skip
+    start = time.monotonic()
+    weights = teacher_stage_weights(True, None, tmp_path, "teacher_auc", overwrite=True)
+    writer.wait()
+    assert weights == str(folder / "models" / "best_networks.pt") and time.monotonic() - start >= 1.0

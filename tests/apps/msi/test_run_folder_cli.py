@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTH
 
 
 @pytest.fixture(scope="module")
-def finished(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished(msi_bundle, module_tmp: Callable[[str], Path]) -> Path:
     """One finished 1-epoch demo run."""
-    root = tmp_path_factory.mktemp("finished")
+    root = module_tmp("finished")
     msi_bundle.cli("--bundle_root", str(root), "--max_epochs", "1", *TINY)
     return root
 
@@ -57,7 +58,7 @@ def test_a_failure_during_training_logs_no_traceback_on_the_terminal(msi_bundle,
 
 def test_a_second_run_is_refused_while_the_first_runs(msi_bundle, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(msi_bundle.dir / "train.json")]
-    args = ["--bundle_root", str(tmp_path), "--max_epochs", "50", *TINY]
+    args = ["--bundle_root", str(tmp_path), "--max_epochs", "50", *TINY, "--teacher_stage", "false"]
     first = subprocess.Popen(
         [*cmd, *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -1,9 +1,11 @@
-"""One-command offline KD (``--teacher_stage true``): the bundle trains the teacher alone first, then distils from
-it frozen; a finished stage is reused, and the options that contradict it are refused."""
+"""One-command offline KD (``teacher_stage``, the MSI bundle's default): the bundle trains the teacher alone first,
+then distils from it frozen; a finished stage is reused; given teacher weights or a run without KD skip it; under
+``torchrun`` rank 0 trains it before the process group exists."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,9 @@ RUN = [*TINY, "--max_epochs", "2", "--warmup_epochs", "0"]
 
 
 @pytest.fixture(scope="module")
-def staged_run(msi_bundle, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("msi_teacher_stage")
-    out = msi_bundle.cli("--bundle_root", str(root), *RUN, "--teacher_stage", "true")
+def staged_run(msi_bundle, module_tmp: Callable[[str], Path]) -> tuple[Path, str]:
+    root = module_tmp("msi_teacher_stage")
+    out = msi_bundle.cli("--bundle_root", str(root), *RUN, bundle_defaults=True)  # the default: no --teacher_stage
     return root, out.stdout + out.stderr
 
 
@@ -53,8 +55,25 @@ def test_a_finished_stage_is_reused(msi_bundle, staged_run: tuple[Path, str]) ->
     assert (root / STAGE_FOLDER / "models" / "best_networks.pt").stat().st_mtime_ns == before
 
 
-def test_teacher_weights_with_the_stage_is_refused(msi_bundle, tmp_path: Path) -> None:
-    out = msi_bundle.cli("--bundle_root", str(tmp_path), *RUN, "--teacher_stage", "true", "--teacher_weights",
-                         str(tmp_path / "t.pt"), check=False)  # fmt: skip
-    assert out.returncode != 0
-    assert "`--teacher_stage true` trains its own teacher" in out.stdout + out.stderr
+def test_given_weights_or_no_kd_skip_the_stage(msi_bundle, staged_run: tuple[Path, str], tmp_path: Path) -> None:
+    root, _ = staged_run
+    weights = root / STAGE_FOLDER / "models" / "best_networks.pt"
+    given = msi_bundle.cli("--bundle_root", str(tmp_path / "given"), *RUN, "--max_epochs", "1", "--teacher_weights",
+                           str(weights), "--teacher_mode", "frozen", bundle_defaults=True)  # fmt: skip
+    assert "Teacher stage skipped: `teacher_weights` are given" in given.stdout + given.stderr
+    independent = msi_bundle.cli("--bundle_root", str(tmp_path / "alone"), *RUN, "--max_epochs", "1", "--mode",
+                                 "independent", bundle_defaults=True)  # fmt: skip
+    assert "Teacher stage skipped: no network of this run distils" in independent.stdout + independent.stderr
+    for run in ("given", "alone"):
+        assert not (tmp_path / run / STAGE_FOLDER).exists()
+
+
+def test_torchrun_trains_the_stage_on_rank_zero_first(msi_bundle, tmp_path: Path) -> None:
+    out = msi_bundle.cli("--bundle_root", str(tmp_path), *RUN, "--max_epochs", "1", bundle_defaults=True,
+                         config=["train.json", "multi_gpu_train.json"], torchrun=2, timeout=400)  # fmt: skip
+    log = out.stdout + out.stderr
+    assert "Teacher stage 1 of 2" in log and (tmp_path / STAGE_FOLDER / DONE_NAME).is_file()
+    stage_teacher = torch.load(tmp_path / STAGE_FOLDER / "models" / "best_networks.pt", weights_only=True)["teacher"]
+    final_teacher = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)["teacher"]
+    for key, value in stage_teacher.items():
+        assert torch.equal(value, final_teacher[key]), key  # both ranks distilled from stage 1's teacher, frozen

@@ -48,9 +48,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def trained(polyp_bundle, tmp_path_factory) -> Path:
+def trained(polyp_bundle, module_tmp) -> Path:
     """One tiny kdml training run of the demo bundle (1 epoch) in a temporary bundle_root."""
-    root = tmp_path_factory.mktemp("polyp_bundle")
+    root = module_tmp("polyp_bundle")
     workflow = polyp_bundle.workflow("train.json", "train", bundle_root=str(root), max_epochs=1, **TINY)
     assert workflow.parser.get_parsed_content("train#trainer").state.epoch == 1
     return root
