@@ -42,8 +42,10 @@ _NOT_REPEATED = ("bundle_root", "ckpt_dir", "output_dir", "teacher_stage", "teac
 
 
 def stage_one_overrides(key_metric: str) -> dict[str, Any]:
-    """The overrides that make a training run stage 1: the teacher, selected on ``key_metric`` (``teacher_auc``)."""
-    return {"mode": "independent", "num_students": 1, "cohorts": None, "key_metric": key_metric, "teacher_stage": False}
+    """The overrides that make a training run stage 1: the teacher, selected on ``key_metric`` (``teacher_auc``); its
+    summary names no next commands (they are the cohort run's, printed when it ends)."""
+    return {"mode": "independent", "num_students": 1, "cohorts": None, "key_metric": key_metric, "teacher_stage": False,
+            "next_commands": {}}  # fmt: skip
 
 
 def stage_needed(enabled: bool, teacher_weights: Any, mode: str | Mode, cohorts: Sequence[str] | None = None) -> bool:

@@ -31,6 +31,7 @@ def test_stage_one_trains_the_teacher_alone_selected_on_its_own_metric(staged_ru
     assert record["mode"] == "independent" and record["num_students"] == 1
     assert (stage / DONE_NAME).is_file()
     assert "Teacher stage 1 of 2" in log and "Teacher stage 2 of 2" in log
+    assert log.count("Next:") == 1  # the next commands are the cohort run's, not stage 1's
     # the same data and overrides reached stage 1
     assert record["image_size"] == 32
 
