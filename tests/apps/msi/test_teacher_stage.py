@@ -32,6 +32,7 @@ def test_stage_one_trains_the_teacher_alone_selected_on_its_own_metric(staged_ru
     assert (stage / DONE_NAME).is_file()
     assert "Teacher stage 1 of 2" in log and "Teacher stage 2 of 2" in log
     assert log.count("Next:") == 1  # the next commands are the cohort run's, not stage 1's
+    assert log.count("Teacher stage 1 of 2") == 1  # referenced twice in train.json, resolved (and trained) once
     # the same data and overrides reached stage 1
     assert record["image_size"] == 32
 
@@ -73,7 +74,8 @@ def test_torchrun_trains_the_stage_on_rank_zero_first(msi_bundle, tmp_path: Path
     out = msi_bundle.cli("--bundle_root", str(tmp_path), *RUN, "--max_epochs", "1", bundle_defaults=True,
                          config=["train.json", "multi_gpu_train.json"], torchrun=2, timeout=400)  # fmt: skip
     log = out.stdout + out.stderr
-    assert "Teacher stage 1 of 2" in log and (tmp_path / STAGE_FOLDER / DONE_NAME).is_file()
+    assert log.count("Teacher stage 1 of 2") == 1 and (tmp_path / STAGE_FOLDER / DONE_NAME).is_file()
+    assert "waiting for rank 0" in log
     stage_teacher = torch.load(tmp_path / STAGE_FOLDER / "models" / "best_networks.pt", weights_only=True)["teacher"]
     final_teacher = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)["teacher"]
     for key, value in stage_teacher.items():
