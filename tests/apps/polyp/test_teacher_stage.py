@@ -1,4 +1,4 @@
-"""``--teacher_stage true`` on the polyp bundle: the teacher is trained alone (selected on its own mAP), then frozen;
+"""``teacher_stage`` (the polyp bundle's default): the teacher is trained alone (selected on its own mAP), then frozen;
 in-process workflows, which have no command line to repeat, are refused with the two-step recipe."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 
 def test_two_stages_in_one_command(polyp_bundle, tmp_path: Path) -> None:
-    polyp_bundle.cli("--bundle_root", str(tmp_path), *TINY, "--max_epochs", "1", "--teacher_stage", "true")
+    polyp_bundle.cli("--bundle_root", str(tmp_path), *TINY, "--max_epochs", "1", bundle_defaults=True)  # the default
     stage = tmp_path / STAGE_FOLDER / "models"
     record = json.loads((stage / "network.json").read_text())
     assert record["mode"] == "independent" and record["num_students"] == 1
