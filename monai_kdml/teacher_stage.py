@@ -113,6 +113,7 @@ def teacher_stage_weights(
     key_metric: str,
     resume: bool = False,
     overwrite: bool = False,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Any:
     """The teacher weights a training run distils from: ``teacher_weights`` as given, or, when ``enabled``, the
     teacher of stage 1 (trained first, in a child process, unless already finished).
@@ -124,6 +125,8 @@ def teacher_stage_weights(
         key_metric: the teacher's validation metric that selects its epoch, e.g. ``"teacher_auc"``.
         resume: the run's ``resume`` switch (an interrupted stage 1 continues from its checkpoint).
         overwrite: the run's ``overwrite`` switch (stage 1 is trained again).
+        cache_dir: the run's data cache (generated demo data, cached items), which stage 1 shares rather than
+            building its own under ``<bundle_root>/teacher_stage``.
 
     Raises:
         ValueError: ``teacher_weights`` given with ``teacher_stage true``.
@@ -165,6 +168,8 @@ def teacher_stage_weights(
     started = (folder / "models" / "network.json").is_file() or any((folder / "models").glob("checkpoint*.pt"))
     overrides = {k: v for k, v in cli_overrides().items() if k not in _NOT_REPEATED}
     overrides.update({k: str(v) for k, v in stage_one_overrides(key_metric).items()})
+    if cache_dir is not None:
+        overrides["cache_dir"] = str(cache_dir)
     overrides.update(resume=str(bool(resume and started and not overwrite)), overwrite=str(bool(overwrite)))
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config_file]
     cmd += ["--bundle_root", str(folder)]

@@ -33,8 +33,9 @@ def test_stage_one_trains_the_teacher_alone_selected_on_its_own_metric(staged_ru
     assert "Teacher stage 1 of 2" in log and "Teacher stage 2 of 2" in log
     assert log.count("Next:") == 1  # the next commands are the cohort run's, not stage 1's
     assert log.count("Teacher stage 1 of 2") == 1  # referenced twice in train.json, resolved (and trained) once
-    # the same data and overrides reached stage 1
+    # the same data and overrides reached stage 1, which shared the run's data cache (the demo made once)
     assert record["image_size"] == 32
+    assert not (stage / ".cache").exists() and log.count("Generating synthetic MSI demo tiles") == 1
 
 
 def test_stage_two_distils_from_that_teacher_frozen(staged_run: tuple[Path, str]) -> None:
