@@ -37,8 +37,9 @@ def run_once(root: Path, cache: Path, setting: str, args: list[str]) -> tuple[fl
     """One training run; returns (seconds of the whole command, seconds of the training)."""
     env = {k: v for k, v in os.environ.items() if k not in WAIT_SETTINGS}
     env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **SETTINGS[setting]})
+    # --teacher_stage false: one process and one training, as when the thread settings were measured
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "bundles/msi/train.json",
-           "--bundle_root", str(root), "--cache_dir", str(cache), *args]  # fmt: skip
+           "--bundle_root", str(root), "--cache_dir", str(cache), "--teacher_stage", "false", *args]  # fmt: skip
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     total = time.perf_counter() - start
