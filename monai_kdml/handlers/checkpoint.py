@@ -256,9 +256,18 @@ class TrainingCheckpoint:
 
     def _completed(self, engine: Engine) -> None:
         self.guard.finished()
-        if self.guard.consistent and self.guard.point[0] > self.guard.first_iteration:  # type: ignore[index]
+        if self.guard.consistent and (self._trained() or self._final_owed()):
             path = self._write(engine, self.final_filename, "completed")
             self.logger.info("Training completed: final checkpoint %s (%s).", path, self._where())
+
+    def _trained(self) -> bool:
+        return self.guard.point[0] > self.guard.first_iteration  # type: ignore[index]
+
+    def _final_owed(self) -> bool:
+        """Whether a resume that had nothing left to train still owes the final file: the process that finished
+        training may have been killed while writing it, leaving it missing (or older) beside the last epoch's file."""
+        final = self.save_dir / self.final_filename
+        return self.resume_from is not None and self.resume_from.resolve() != final.resolve()
 
     def _save_periodic(self, engine: Engine) -> None:
         """``<prefix>_epoch=N.pt`` / ``<prefix>_iteration=I.pt`` through Ignite, which keeps the newest ``n_saved``."""

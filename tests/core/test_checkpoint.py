@@ -287,6 +287,44 @@ def test_resumed_run_keeps_model_selection_and_ends_byte_identical(
     assert torch.equal(weights(toy_run, resumed), final_weights)
 
 
+@pytest.mark.parametrize("final_file", ["missing", "older"])
+def test_a_resume_with_nothing_left_to_train_still_writes_the_final_file(
+    toy_run: ModuleType, reference: Callable, tmp_path: Path, final_file: str
+) -> None:
+    """SIGKILL while the final file is written, after the last epoch's file: the resume trains nothing, yet the final
+    file must hold the finished state (it was missing, or an earlier run's with fewer epochs)."""
+    models, final_weights = reference(5)
+    toy_run.train(tmp_path, max_epochs=3)
+    older = (tmp_path / "models" / "checkpoint_final.pt").read_bytes()
+    toy_run.train(tmp_path, resume=True, max_epochs=5)
+    final = tmp_path / "models" / "checkpoint_final.pt"
+    if final_file == "missing":
+        final.unlink()
+    else:
+        final.write_bytes(older)  # what an atomic write leaves when killed: the previous file
+    resumed = toy_run.train(tmp_path, resume=True, max_epochs=5)
+    assert resumed.trainer.state.iteration == 5 * EPOCH
+    state = torch.load(final, weights_only=True)
+    assert state["trainer"]["iteration"] == 5 * EPOCH
+    expected = torch.load(models / "checkpoint_final.pt", weights_only=True)
+    for key in expected.keys() - {"checkpointer"}:  # the saver's own record (run id, times) differs by design
+        assert list(_tensors(state[key])) == list(_tensors(expected[key])), key
+    assert torch.equal(weights(toy_run, resumed), final_weights)
+
+
+def _tensors(obj: Any) -> Any:
+    """The tensors and plain values of a nested state, in order, tensors as exact byte strings."""
+    if isinstance(obj, dict):
+        for key in sorted(obj, key=str):
+            yield key
+            yield from _tensors(obj[key])
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    else:
+        yield (obj.dtype, tuple(obj.shape), obj.numpy().tobytes()) if isinstance(obj, torch.Tensor) else obj
+
+
 def test_crash_checkpoint_is_written_although_stats_handler_comes_first(
     toy_run: ModuleType, reference: Callable, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
