@@ -69,12 +69,22 @@ _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_
 """``torchrun``'s variables, which stage 1 (one process) must not see."""
 
 
-def _wait_for_rank_zero(done: Path, weights: Path, since: float, poll_s: float = 2.0) -> str:
+def _wait_for_rank_zero(done: Path, weights: Path, since: float, poll_s: float = 2.0, remind_s: float = 600.0) -> str:
     """Ranks > 0 under ``torchrun``: wait until rank 0 has finished stage 1 (``done`` written after ``since``); if rank
-    0 fails, ``torchrun`` stops this process."""
+    0 fails, ``torchrun`` stops this process. Stage 1 may take hours, so there is no deadline: a reminder every
+    ``remind_s`` names the file awaited (on several nodes, ``bundle_root`` must be on a filesystem they share)."""
     logger.info("Teacher stage: waiting for rank 0 to train the teacher in %s ...", done.parent)
+    start = last = time.monotonic()
     while not (done.is_file() and done.stat().st_mtime >= since and weights.is_file()):
         time.sleep(poll_s)
+        if time.monotonic() - last >= remind_s:
+            last = time.monotonic()
+            logger.info(
+                "Teacher stage: still waiting for rank 0 after %.0f min for %s; with several nodes, bundle_root "
+                "must be on a filesystem all of them see.",
+                (last - start) / 60,
+                done,
+            )
     return str(weights)
 
 

@@ -3,6 +3,7 @@ network distils from the teacher and no teacher is given; under ``torchrun`` the
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from monai_kdml.teacher_stage import DONE_NAME, stage_needed, teacher_stage_weights
+from monai_kdml.teacher_stage import DONE_NAME, _wait_for_rank_zero, stage_needed, teacher_stage_weights
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
@@ -78,3 +79,23 @@ def test_ranks_above_zero_wait_for_rank_zeros_stage(tmp_path: Path, monkeypatch)
     weights = teacher_stage_weights(True, None, tmp_path, "teacher_auc", overwrite=True)
     writer.wait()
     assert weights == str(folder / "models" / "best_networks.pt") and time.monotonic() - start >= 1.0
+
+
+def test_a_long_wait_for_rank_zero_reminds_what_it_waits_for(tmp_path: Path, caplog) -> None:
+    """No deadline (stage 1 may take hours), but a rank > 0 says what it awaits and that nodes must share the folder."""
+    import threading
+
+    done, weights = tmp_path / DONE_NAME, tmp_path / "best_networks.pt"
+
+    def finish() -> None:
+        time.sleep(0.6)
+        weights.write_bytes(b"weights")
+        done.write_text("finished")
+
+    writer = threading.Thread(target=finish)
+    writer.start()
+    with caplog.at_level(logging.INFO, logger="monai_kdml.teacher_stage"):
+        assert _wait_for_rank_zero(done, weights, since=time.time() - 1.0, poll_s=0.05, remind_s=0.2) == str(weights)
+    writer.join()
+    reminders = [r.getMessage() for r in caplog.records if "still waiting for rank 0" in r.getMessage()]
+    assert reminders and str(done) in reminders[0] and "filesystem all of them see" in reminders[0]
