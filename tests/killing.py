@@ -210,6 +210,7 @@ def drive(spec: dict) -> dict:
             damaged=damaged,
             regressions=regressions,
             final_state_equal=same_state,
+            final_exists=run_final.is_file(),
             identical_files=identical,
             log_tail=(run_dir / "log.txt").read_text()[-3000:] if failures or not same_state else "",
         )
