@@ -41,6 +41,7 @@ __all__ = [
     "check_cli_overrides",
     "check_dataset_dir",
     "check_loader_workers",
+    "check_training_options",
     "check_validation_schedule",
     "check_weights_file",
     "data_source",
@@ -144,6 +145,62 @@ def flag(value: Any, key: str) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
     raise ValueError(f"`{key}` must be true or false, got {value!r}.")
+
+
+def check_training_options(
+    teacher_mode: Any,
+    teacher_stage_active: bool,
+    max_epochs: Any,
+    val_interval: Any,
+    learning_rate: Any,
+    weight_decay: Any,
+    teacher_learning_rate: Any,
+    teacher_weight_decay: Any,
+    warmup_epochs: Any,
+    kd_ramp_epochs: Any,
+    ml_ramp_epochs: Any,
+    ramp_shape: Any,
+    teacher_gate_span: Any,
+) -> None:
+    """Refuse bad values of the training options that are read only after the data check or the teacher stage
+    (stage 1 may take hours): each with the rule its component applies, so a typo costs seconds. The loss checks its
+    own options when the preflight builds it.
+
+    A ``--teacher_mode online`` typed on the command line while the teacher stage runs is refused too: the stage trains
+    the teacher first and distils from it frozen, so the online teacher asked for would silently not happen.
+
+    Raises:
+        ValueError: naming the key, the value and the rule.
+    """
+    from monai_kdml.commands import cli_overrides
+    from monai_kdml.handlers.schedules import ramp_fraction
+    from monai_kdml.keys import TeacherMode
+    from monai_kdml.options import check_count, check_number
+
+    mode = TeacherMode.parse(teacher_mode)
+    if teacher_stage_active and mode == TeacherMode.ONLINE and "teacher_mode" in cli_overrides():
+        raise ValueError(
+            "`--teacher_mode online` asks for a teacher trained in the same iterations, but `teacher_stage` (default "
+            "true) trains the teacher first, alone, and distils from it frozen. Add `--teacher_stage false` for the "
+            "online teacher (the paper's protocol), or leave `--teacher_mode` out."
+        )
+    check_count("max_epochs", max_epochs)
+    check_count("val_interval", val_interval)
+    for key, value in (("learning_rate", learning_rate), ("teacher_learning_rate", teacher_learning_rate)):
+        check_number(key, value, positive=True)
+    for key, value in (
+        ("weight_decay", weight_decay),
+        ("teacher_weight_decay", teacher_weight_decay),
+        ("kd_ramp_epochs", kd_ramp_epochs),
+        ("ml_ramp_epochs", ml_ramp_epochs),
+        ("teacher_gate_span", teacher_gate_span),
+    ):
+        check_number(key, value)
+    check_count("warmup_epochs", warmup_epochs, minimum=0)
+    try:
+        ramp_fraction(0.0, ramp_shape)
+    except ValueError as error:
+        raise ValueError(f"`ramp_shape`: {error}".replace("`shape` must", "must")) from None
 
 
 def check_dataset_dir(dataset_dir: str | os.PathLike | None) -> None:

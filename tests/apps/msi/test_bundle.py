@@ -247,6 +247,34 @@ class TestBadInput:
         assert out.returncode != 0 and message in log, log[-2000:]
         assert "Epoch: 1/" not in log  # nothing trained
 
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--ramp_shape", "cubic"], "`ramp_shape`: must be one of ('linear', 'cosine', 'sigmoid'), got 'cubic'"),
+            (["--teacher_mode", "frozn"], "`teacher_mode`: By 'frozn', did you mean 'frozen'?"),
+            (["--teacher_mode", "online"], "`--teacher_mode online` asks for a teacher trained in the same iterations"),
+            (["--temperature", "-1"], "`temperature` must be > 0, got -1"),
+            (["--kd_gate", "maybe"], "`kd_gate` must be one of ('none', 'correct', 'probability'), got 'maybe'"),
+            (["--teacher_learning_rate", "0"], "`teacher_learning_rate` must be a finite number > 0, got 0"),
+            (["--max_epochs", "0"], "`max_epochs` must be an integer >= 1, got 0"),
+        ],
+    )
+    def test_a_bad_value_is_refused_before_the_teacher_stage(self, msi_bundle, tmp_path: Path, args, message) -> None:
+        """Values read only by stage 2 (or by handlers a default leaves off) are checked before stage 1's hours."""
+        out = msi_bundle.cli("--bundle_root", str(tmp_path / "run"), *TINY, *args, check=False, bundle_defaults=True)
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and f"monai-kdml: ValueError: {message}" in log, log[-2000:]
+        assert "Teacher stage 1" not in log and not (tmp_path / "run").exists()  # nothing started, nothing written
+
+    def test_a_bad_value_is_refused_before_the_teacher_stage_under_torchrun(self, msi_bundle, tmp_path: Path) -> None:
+        out = msi_bundle.cli(
+            "--bundle_root", str(tmp_path / "run"), *TINY, "--ramp_shape", "cubic",
+            config=["train.json", "multi_gpu_train.json"], torchrun=2, check=False, bundle_defaults=True,
+        )  # fmt: skip
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and "`ramp_shape`: must be one of" in log, log[-2000:]
+        assert "Teacher stage" not in log and not (tmp_path / "run").exists()
+
     def test_a_finished_run_is_not_overwritten(self, msi_bundle, trained: Path) -> None:
         before = (trained / "models" / "model.pt").read_bytes()
         same = ["--bundle_root", str(trained), "--max_epochs", "1", "--num_students", str(STUDENTS), *TINY]

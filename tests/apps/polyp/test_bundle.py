@@ -237,6 +237,21 @@ def test_bad_override_is_refused_before_training(polyp_bundle, tmp_path: Path, a
     assert "Epoch: 1/" not in log
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kd_cls_normalizer", "all"], "`kd_cls_normalizer` must be 'disagreement' or 'sampled', got 'all'"),
+        (["--box_kd", "maybe"], "`box_kd` must be true or false, got 'maybe'"),
+    ],
+)
+def test_a_bad_value_is_refused_before_the_teacher_stage(polyp_bundle, tmp_path: Path, args, message) -> None:
+    """The detection loss is built in the preflight: its options are checked before stage 1 trains the teacher."""
+    out = polyp_bundle.cli(f"--bundle_root={tmp_path / 'run'}", *CLI_TINY, *args, check=False, bundle_defaults=True)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0 and f"monai-kdml: ValueError: {message}" in log, log[-2000:]
+    assert "Teacher stage 1" not in log and not (tmp_path / "run").exists()
+
+
 def test_record_describes_the_trained_detector_and_contradictions_are_refused(polyp_bundle, trained: Path) -> None:
     record = json.loads((trained / "models" / "network.json").read_text())
     assert record["preset"] == "tiny" and record["num_students"] == 2 and record["image_size"] == 64
