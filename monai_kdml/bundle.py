@@ -173,7 +173,7 @@ def check_training_options(
         ValueError: naming the key, the value and the rule.
     """
     from monai_kdml.commands import cli_overrides
-    from monai_kdml.handlers.schedules import ramp_fraction
+    from monai_kdml.handlers.schedules import check_ramp_shape
     from monai_kdml.keys import TeacherMode
     from monai_kdml.options import check_count, check_number
 
@@ -197,10 +197,7 @@ def check_training_options(
     ):
         check_number(key, value)
     check_count("warmup_epochs", warmup_epochs, minimum=0)
-    try:
-        ramp_fraction(0.0, ramp_shape)
-    except ValueError as error:
-        raise ValueError(f"`ramp_shape`: {error}".replace("`shape` must", "must")) from None
+    check_ramp_shape(ramp_shape, "ramp_shape")
 
 
 def check_dataset_dir(dataset_dir: str | os.PathLike | None) -> None:

@@ -12,7 +12,15 @@ from monai.handlers import LrScheduleHandler, ParamSchedulerHandler
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["RAMP_SHAPES", "AttributeSetter", "LrScheduleHandlerGroup", "RampHandler", "WarmupHandler", "ramp_fraction"]
+__all__ = [
+    "RAMP_SHAPES",
+    "AttributeSetter",
+    "LrScheduleHandlerGroup",
+    "RampHandler",
+    "WarmupHandler",
+    "check_ramp_shape",
+    "ramp_fraction",
+]
 
 
 class AttributeSetter:
@@ -85,6 +93,17 @@ RAMP_SHAPES = ("linear", "cosine", "sigmoid")
 """Shapes of :class:`RampHandler`: the fraction of the way from start to end value at progress ``t`` in ``[0, 1]``."""
 
 
+def check_ramp_shape(shape: Any, key: str = "shape") -> str:
+    """``shape`` when it is one of :data:`RAMP_SHAPES`.
+
+    Raises:
+        ValueError: naming ``key`` (e.g. the bundle key ``ramp_shape``) and the shapes.
+    """
+    if shape not in RAMP_SHAPES:
+        raise ValueError(f"`{key}` must be one of {RAMP_SHAPES}, got {shape!r}.")
+    return shape
+
+
 def ramp_fraction(progress: float, shape: str) -> float:
     """How far a ramp of ``shape`` is at ``progress`` (clipped to ``[0, 1]``).
 
@@ -94,8 +113,7 @@ def ramp_fraction(progress: float, shape: str) -> float:
       (NeurIPS 2017) that ONE (Lan et al., NeurIPS 2018) and OKDDip (Chen et al., AAAI 2020) use for their
       distillation weight (over 80 of 300 epochs); it is ``exp(-5) ~ 0.007`` at ``t = 0``, not 0.
     """
-    if shape not in RAMP_SHAPES:
-        raise ValueError(f"`shape` must be one of {RAMP_SHAPES}, got {shape!r}.")
+    check_ramp_shape(shape)
     t = min(1.0, max(0.0, float(progress)))
     if shape == "linear":
         return t
