@@ -201,16 +201,20 @@ def check_training_options(
 
 
 def check_dataset_dir(dataset_dir: str | os.PathLike | None) -> None:
-    """Refuse an empty ``dataset_dir`` (usually an unset shell variable); ``None`` selects the demo data.
+    """Refuse an empty ``dataset_dir`` (usually an unset shell variable) and one that does not exist, before the
+    teacher stage starts; ``None`` selects the demo data. What the folder holds is the data loaders' check.
 
     Raises:
-        ValueError: naming the value and what to do.
+        ValueError: an empty value, naming what to do.
+        FileNotFoundError: a path that does not exist.
     """
     if dataset_dir is not None and (not isinstance(dataset_dir, (str, os.PathLike)) or not str(dataset_dir).strip()):
         raise ValueError(
             f"`dataset_dir` is {dataset_dir!r}: give a data set folder, or leave it out (null) to train on the "
             "synthetic demo data (an empty value is refused: it is usually an unset variable)."
         )
+    if dataset_dir is not None and not Path(expand_path(dataset_dir)).exists():
+        raise FileNotFoundError(f"dataset_dir {expand_path(dataset_dir)} does not exist.")
 
 
 def check_loader_workers(num_workers: int, persistent_workers: bool) -> None:

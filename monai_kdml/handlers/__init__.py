@@ -27,7 +27,7 @@ from monai_kdml.handlers.resume import (
 from monai_kdml.handlers.schedules import AttributeSetter, LrScheduleHandlerGroup, RampHandler, WarmupHandler
 from monai_kdml.handlers.seeding import EpochSeedHandler
 from monai_kdml.handlers.selection import BestModelSaver, ModelSelectionState, select_best
-from monai_kdml.handlers.standing import TeacherStandingGate, teacher_margin
+from monai_kdml.handlers.standing import TeacherStandingGate, check_gate_metric, teacher_margin
 from monai_kdml.handlers.stopping import StopGuard, TrainingInterrupted
 from monai_kdml.handlers.summary import EpochSummary, RunSummary
 from monai_kdml.handlers.tensorboard import TensorBoardCurves, tag_layout
@@ -62,6 +62,7 @@ __all__ = [
     "WarmupHandler",
     "atomic_save",
     "check_checkpoint",
+    "check_gate_metric",
     "cohort_dir",
     "cohort_metric",
     "find_resume_checkpoint",

@@ -28,7 +28,7 @@ from monai_kdml.keys import TEACHER, split_cohort
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["TeacherStandingGate", "teacher_margin"]
+__all__ = ["TeacherStandingGate", "check_gate_metric", "teacher_margin"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,24 @@ def teacher_margin(metrics: Mapping[str, Any], metric: str) -> float:
     return teacher - best
 
 
+def check_gate_metric(metric: str, metrics: Mapping[str, Any], key: str = "teacher_gate_metric") -> str:
+    """``metric`` when the validation computes ``teacher_<metric>``: a suffix it does not compute would leave the gate
+    shut for the whole run (a missing margin keeps the value), KD silently off.
+
+    Args:
+        metric: the metric suffix, e.g. ``"auc"``.
+        metrics: the validation's metric names (an evaluator's ``state.metrics``, or a bundle's metric dict).
+        key: the option's name in messages.
+
+    Raises:
+        ValueError: naming ``key``, the value and the suffixes the teacher has.
+    """
+    if f"{TEACHER}_{metric}" not in metrics:
+        valid = sorted(str(k)[len(TEACHER) + 1 :] for k in metrics if str(k).startswith(f"{TEACHER}_"))
+        raise ValueError(f"`{key}` is {metric!r}: the validation computes no `{TEACHER}_{metric}`. Valid: {valid}.")
+    return metric
+
+
 class TeacherStandingGate:
     """Set ``target.<attribute>`` (the KD weight) after each validation from the teacher's validation margin.
 
@@ -60,7 +78,8 @@ class TeacherStandingGate:
     ``value = end_value * clip((margin - threshold) / span, 0, 1)`` (``span = 0``: ``end_value`` when
     ``margin > threshold``, else 0). Before the first validation the value is ``start_value``. The value follows the
     standing both ways: a teacher that falls behind again is silenced again. A missing or non-finite margin keeps the
-    previous value (logged).
+    previous value (logged); a ``metric`` the validation does not compute for the teacher is an error at the first
+    validation (:func:`check_gate_metric`; the bundles check it before training).
 
     Attach it to the trainer (it goes in ``train#handlers``); it listens to the evaluator's ``COMPLETED`` event, so it
     runs after the validation metrics exist regardless of handler order. Do not also ramp the same attribute.
@@ -136,6 +155,7 @@ class TeacherStandingGate:
         self.setter(self.value)
 
     def _update(self, evaluator: Engine) -> None:
+        check_gate_metric(self.metric, evaluator.state.metrics, "metric")
         margin = teacher_margin(evaluator.state.metrics, self.metric)
         self.margins.append(margin)
         if not math.isfinite(margin):

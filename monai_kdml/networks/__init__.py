@@ -1,6 +1,6 @@
 """Networks: the deployable student ensemble, teachers (pretrained, lower precision, ensembles) and the presets."""
 
-from monai_kdml.networks.ensemble import StudentEnsemble, combine_student_logits, unwrap_module
+from monai_kdml.networks.ensemble import StudentEnsemble, check_combine, combine_student_logits, unwrap_module
 from monai_kdml.networks.factories import build_students, build_teacher, teacher_members
 from monai_kdml.networks.precision import parse_dtype, run_in_dtype
 from monai_kdml.networks.presets import (
@@ -37,6 +37,7 @@ __all__ = [
     "build_network",
     "build_students",
     "build_teacher",
+    "check_combine",
     "cohort_ensembles",
     "combine_student_logits",
     "distributed_students",

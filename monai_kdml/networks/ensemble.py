@@ -11,9 +11,21 @@ import torch.nn.functional as F
 from monai.utils import look_up_option
 from torch import Tensor, nn
 
-__all__ = ["StudentEnsemble", "combine_student_logits", "unwrap_module"]
+__all__ = ["StudentEnsemble", "check_combine", "combine_student_logits", "unwrap_module"]
 
 _COMBINE_MODES = ("mean", "vote")
+
+
+def check_combine(combine: str, key: str = "combine") -> str:
+    """``combine`` when it is ``"mean"`` or ``"vote"`` (MONAI's look-up suggests the closest otherwise).
+
+    Raises:
+        ValueError: naming ``key``.
+    """
+    try:
+        return str(look_up_option(combine, _COMBINE_MODES))
+    except ValueError as err:
+        raise ValueError(f"`{key}`: {err}") from None
 
 
 def combine_student_logits(logits: list[Tensor], combine: str = "mean", eps: float = 1e-8) -> Tensor:
@@ -74,7 +86,7 @@ class StudentEnsemble(nn.Module):
         if len(students) < 1:
             raise ValueError("`students` must hold at least one network.")
         self.students = nn.ModuleList([unwrap_module(s) for s in students])
-        self.combine: str = look_up_option(combine, _COMBINE_MODES)
+        self.combine: str = check_combine(combine)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fuse(self.member_logits(x))

@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from torch.utils.data import DataLoader
 
 from monai_kdml.engines import KDMLTrainer
-from monai_kdml.handlers import RampHandler, TeacherStandingGate, WarmupHandler, teacher_margin
+from monai_kdml.handlers import RampHandler, TeacherStandingGate, WarmupHandler, check_gate_metric, teacher_margin
 from monai_kdml.handlers.schedules import ramp_fraction
 from monai_kdml.losses import KDMLLoss
 
@@ -139,6 +139,21 @@ def test_the_gate_value_survives_a_resume_through_the_trainers_state() -> None:
     seen = _record(resumed, loss)
     resumed.run(range(2))
     assert seen == pytest.approx([0.6, 0.6])
+
+
+def test_a_gate_metric_the_validation_does_not_compute_is_an_error_not_a_shut_gate() -> None:
+    """A missing margin keeps the gate's value, so a misspelt metric would keep KD off for the whole run, quietly."""
+    metrics = {"teacher_auc": 0.7, "teacher_patient_auc": 0.8, "student_0_auc": 0.6, "ensemble_auc": 0.65}
+    assert check_gate_metric("auc", metrics) == "auc"
+    with pytest.raises(ValueError, match=r"`teacher_gate_metric` is 'AUC': .* no `teacher_AUC`. Valid: \['auc', 'pat"):
+        check_gate_metric("AUC", metrics)
+    evaluator = Engine(lambda e, b: None)
+    evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: setattr(e.state, "metrics", metrics))
+    trainer = Engine(lambda e, b: None)
+    TeacherStandingGate(KDMLLoss(), "kd_weight", evaluator, metric="map", span=0.05).attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: evaluator.run(range(1)))
+    with pytest.raises(ValueError, match="`metric` is 'map': the validation computes no `teacher_map`"):
+        trainer.run(range(2), max_epochs=2)
 
 
 def test_teacher_standing_gate_step_and_bad_span() -> None:

@@ -251,6 +251,7 @@ class TestBadInput:
         ("args", "message"),
         [
             (["--ramp_shape", "cubic"], "`ramp_shape` must be one of ('linear', 'cosine', 'sigmoid'), got 'cubic'"),
+            (["--combine", "maxx"], "`combine`: By 'maxx', did you mean 'mean'?"),
             (["--teacher_mode", "frozn"], "`teacher_mode`: By 'frozn', did you mean 'frozen'?"),
             (["--teacher_mode", "online"], "`--teacher_mode online` asks for a teacher trained in the same iterations"),
             (["--temperature", "-1"], "`temperature` must be > 0, got -1"),
@@ -265,6 +266,22 @@ class TestBadInput:
         log = out.stdout + out.stderr
         assert out.returncode != 0 and f"monai-kdml: ValueError: {message}" in log, log[-2000:]
         assert "Teacher stage 1" not in log and not (tmp_path / "run").exists()  # nothing started, nothing written
+
+    def test_a_missing_dataset_dir_is_refused_before_the_teacher_stage(self, msi_bundle, tmp_path: Path) -> None:
+        missing = tmp_path / "kather"
+        out = msi_bundle.cli("--bundle_root", str(tmp_path / "run"), "--dataset_dir", str(missing), check=False,
+                             bundle_defaults=True)  # fmt: skip
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and f"monai-kdml: FileNotFoundError: dataset_dir {missing} does not exist." in log
+        assert "Teacher stage 1" not in log and not (tmp_path / "run").exists()
+
+    def test_a_gate_metric_typo_is_refused_before_any_epoch(self, msi_bundle, tmp_path: Path) -> None:
+        """Checked after the data (the metric names need the networks' names): by stage 1 itself under the stage."""
+        args = ["--teacher_gate", "true", "--teacher_gate_metric", "AUC"]
+        out = msi_bundle.cli("--bundle_root", str(tmp_path / "run"), *TINY, *args, check=False, bundle_defaults=True)
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and "`teacher_gate_metric` is 'AUC': the validation computes no" in log, log[-2000:]
+        assert "Epoch: 1/" not in log
 
     def test_a_bad_value_is_refused_before_the_teacher_stage_under_torchrun(self, msi_bundle, tmp_path: Path) -> None:
         out = msi_bundle.cli(
