@@ -35,6 +35,9 @@ STAGE_FOLDER = "teacher_stage"
 """Stage 1's run folder, inside the cohort run's ``bundle_root``."""
 STAGE_TWO_MESSAGE = "Teacher stage 2 of 2: distilling from the frozen teacher of"
 """Logged when stage 1 is finished (what the log says before the cohort run's own epochs)."""
+STAGE_LOGS = "eval/logs"
+"""Where stage 1's error logs go, inside :data:`STAGE_FOLDER`: the bundles' ``output_dir`` is ``<bundle_root>/eval``,
+and stage 1 is given no other (``output_dir`` is not repeated)."""
 DONE_NAME = "stage.done"
 """Written in :data:`STAGE_FOLDER` when stage 1 finished."""
 _NOT_REPEATED = ("bundle_root", "ckpt_dir", "output_dir", "teacher_stage", "teacher_mode", "teacher_weights", "mode",
@@ -191,7 +194,7 @@ def teacher_stage_weights(
     if result.returncode != 0 or not weights.is_file():
         raise RuntimeError(
             f"Teacher stage 1 failed (exit {result.returncode}); its output is above and its logs are in "
-            f"{folder / 'logs'}. Fix it and run the same command again (`--resume true` continues stage 1)."
+            f"{folder / STAGE_LOGS}. Fix it and run the same command again (`--resume true` continues stage 1)."
         )
     done.write_text("finished\n")
     logger.info("%s %s.", STAGE_TWO_MESSAGE, weights)

@@ -275,6 +275,20 @@ class TestBadInput:
         assert out.returncode != 0 and f"monai-kdml: FileNotFoundError: dataset_dir {missing} does not exist." in log
         assert "Teacher stage 1" not in log and not (tmp_path / "run").exists()
 
+    def test_a_data_layout_problem_fails_stage_1_and_names_its_logs(self, msi_bundle, tmp_path: Path) -> None:
+        """What the folder holds is the loaders' check, which stage 1 runs first: the parent names its log folder."""
+        (tmp_path / "data" / "MSIMUT").mkdir(parents=True)
+        (tmp_path / "data" / "MSIMUT" / "blk-AAAAAAAAAAAA-TCGA-AA-0001-01Z-00-DX1.png").write_bytes(b"x")
+        root = tmp_path / "run"
+        out = msi_bundle.cli("--bundle_root", str(root), "--dataset_dir", str(tmp_path / "data"), check=False,
+                             bundle_defaults=True)  # fmt: skip
+        log = out.stdout + out.stderr
+        assert out.returncode != 0 and "missing the MSS class folder" in log, log[-2000:]
+        logs = root / "teacher_stage" / "eval" / "logs"
+        assert out.stderr.splitlines()[-1].startswith("monai-kdml: RuntimeError: Teacher stage 1 failed (exit 1)")
+        assert f"its logs are in {logs}." in out.stderr and list(logs.glob("error-*.log"))
+        assert "Epoch: 1/" not in log
+
     def test_a_gate_metric_typo_is_refused_before_any_epoch(self, msi_bundle, tmp_path: Path) -> None:
         """Checked after the data (the metric names need the networks' names): by stage 1 itself under the stage."""
         args = ["--teacher_gate", "true", "--teacher_gate_metric", "AUC"]
