@@ -66,7 +66,8 @@ def check_gate_metric(metric: str, metrics: Mapping[str, Any], key: str = "teach
         ValueError: naming ``key``, the value and the suffixes the teacher has.
     """
     if f"{TEACHER}_{metric}" not in metrics:
-        valid = sorted(str(k)[len(TEACHER) + 1 :] for k in metrics if str(k).startswith(f"{TEACHER}_"))
+        suffixes = (str(k)[len(TEACHER) + 1 :] for k in metrics if str(k).startswith(f"{TEACHER}_"))
+        valid = sorted(s for s in suffixes if not s[:1].isdigit())  # not a teacher ensemble member's (teacher_0_auc)
         raise ValueError(f"`{key}` is {metric!r}: the validation computes no `{TEACHER}_{metric}`. Valid: {valid}.")
     return metric
 
